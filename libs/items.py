@@ -1,0 +1,73 @@
+"""Helpers for the work-item protobufs: decoding with validation, ids, seeds, outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+
+from google.protobuf.message import DecodeError, Message
+
+from libs.errors import PoisonMessage
+from libs.queue import subjects
+from libs.queue.worker import Publish
+from scalequest.common.v1 import items_pb2 as pb
+
+SCHEMA = pb.SCHEMA_VERSION_1
+
+
+def decoder(cls: type[Message]):
+    """A decode function for the stage worker: bytes -> message, PoisonMessage when unusable."""
+
+    def decode(data: bytes) -> Message:
+        msg = cls()
+        try:
+            msg.ParseFromString(data)
+        except DecodeError as e:
+            raise PoisonMessage("malformed", f"not a {cls.DESCRIPTOR.full_name}: {e}") from None
+        version = getattr(msg, "schema_version", SCHEMA)
+        if version != SCHEMA:
+            raise PoisonMessage("unknown_schema_version", f"schema_version={version}")
+        run_id, item_id = item_ids(msg)
+        if not run_id or not item_id:
+            raise PoisonMessage("missing_field", "run_id and item_id are required")
+        return msg
+
+    return decode
+
+
+def item_ids(msg: Message) -> tuple[str, str]:
+    """(run_id, item_id) of any work item."""
+    if isinstance(msg, pb.SolvedQuestion):
+        return msg.question.run_id, msg.question.item_id
+    if isinstance(msg, pb.FinalRecord):
+        return msg.solved.question.run_id, msg.solved.question.item_id
+    if isinstance(msg, pb.Outcome):
+        inner = msg.record if msg.WhichOneof("kind") == "record" else msg.rejection
+        return item_ids(inner)
+    return getattr(msg, "run_id", ""), getattr(msg, "item_id", "")
+
+
+def task_seed(run_seed: int, index: int) -> int:
+    """Per-task seed derived from the run seed and task index (recorded on every item)."""
+    h = hashlib.sha256(f"{run_seed}:{index}".encode()).digest()
+    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+
+
+def rejection(run_id: str, item_id: str, stage: str, reason: str, detail: str = "", question: str = "") -> Publish:
+    """The terminal message for an item that a stage drops."""
+    out = pb.Outcome(
+        rejection=pb.Rejection(
+            schema_version=SCHEMA,
+            run_id=run_id,
+            item_id=item_id,
+            stage=stage,
+            reason=reason,
+            detail=detail[:1000],
+            question=question[:4000],
+        )
+    )
+    return Publish(subjects.SINK.subject, out.SerializeToString(), f"{item_id}.outcome")
+
+
+def forward(queue: subjects.WorkQueue, msg: Message, item_id: str) -> Publish:
+    """Hand an item to the next stage; the msg id makes retried publishes idempotent."""
+    return Publish(queue.subject, msg.SerializeToString(), f"{item_id}.{queue.consumer}")
