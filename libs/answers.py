@@ -12,6 +12,8 @@ import re
 from functools import lru_cache
 
 log = logging.getLogger("scalequest.answers")
+# math-verify warns on every call that its signal timeouts are off (they cannot work off the main thread).
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 

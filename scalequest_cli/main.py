@@ -1,1 +1,134 @@
-def main(): pass
+"""`scalequest` command line: run (embedded pipeline), serve, status, export, prepare-model.
+
+User mistakes (bad flags, bad config, unreachable servers) end with a one-line message and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def _positive(name: str):
+    def conv(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {v!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {n}")
+        return n
+
+    return conv
+
+
+def _store_arg(v: str) -> str:
+    if "://" in v and not v.startswith(("s3://", "file://")):
+        raise argparse.ArgumentTypeError(f"--store must be a directory or s3://BUCKET/PREFIX, got {v!r}")
+    if v.startswith("s3://") and len(v) <= len("s3://"):
+        raise argparse.ArgumentTypeError("--store s3:// URL needs a bucket")
+    return v
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", type=_store_arg, default=os.environ.get("SQ_STORE_URL", "./scalequest-data"),
+                   help="object store: a directory or s3://BUCKET/PREFIX (endpoint: SQ_S3_ENDPOINT)")
+    p.add_argument("--nats-url", default=None, help="NATS server URL (run: default starts an embedded nats-server)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scalequest", description="ScaleQuest math data synthesis")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the whole pipeline in this process (embedded mode)")
+    _common(r)
+    r.add_argument("--target", type=_positive("--target"), required=True, help="accepted pairs to produce")
+    r.add_argument("--model", default="default", help="model directory ('default' = packaged SmolLM2-135M-Instruct)")
+    r.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="inference engine")
+    r.add_argument("--mode", choices=["scratch", "instructed"], default="scratch", help="question sampling mode")
+    r.add_argument("--n-candidates", type=_positive("--n-candidates"), default=4)
+    r.add_argument("--seed", type=int, default=1234)
+    r.add_argument("--question-max-tokens", type=_positive("--question-max-tokens"), default=256)
+    r.add_argument("--solution-max-tokens", type=_positive("--solution-max-tokens"), default=512)
+    r.add_argument("--judge-max-tokens", type=_positive("--judge-max-tokens"), default=128)
+    r.add_argument("--no-judge", action="store_true", help="skip the solvability judge")
+    r.add_argument("--selection-rule", choices=["top_reward", "majority_then_reward", "require_agreement"],
+                   default="majority_then_reward")
+    r.add_argument("--min-agreement", type=_positive("--min-agreement"), default=2)
+    r.add_argument("--answer-fallback", action="store_true", help="accept 'the answer is N' when no \\boxed{}")
+    r.add_argument("--max-outstanding", type=_positive("--max-outstanding"), default=32)
+    r.add_argument("--shard-max-records", type=_positive("--shard-max-records"), default=8)
+    r.add_argument("--shard-max-seconds", type=float, default=20.0)
+    r.add_argument("--run-id", default="", help="explicit run id")
+    r.add_argument("--json", action="store_true", help="print the final status as JSON")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("serve", help="run one service, as its container does (settings from SQ_* env)")
+    s.add_argument("service", choices=["questiongen", "filter", "solver", "reward", "coordinator"])
+
+    st = sub.add_parser("status", help="progress and counters of a run")
+    _common(st)
+    st.add_argument("run_id")
+    st.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="export a run's accepted records")
+    _common(ex)
+    ex.add_argument("run_id")
+    ex.add_argument("--format", choices=["jsonl", "parquet"], required=True)
+    ex.add_argument("--out", required=True, help="output file")
+
+    pm = sub.add_parser("prepare-model", help="convert the packaged default model into the model cache")
+    pm.add_argument("--cache-dir", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from libs.errors import ScaleQuestError
+    from libs.logging import setup_logging
+    from libs.storage.objectstore import StoreError
+
+    setup_logging(os.environ.get("SQ_LOG_LEVEL", "WARNING" if args.cmd == "run" else "INFO").upper(),
+                  json=os.environ.get("SQ_LOG_JSON", "1") not in ("0", "false"), service=f"cli-{args.cmd}")
+    try:
+        if args.cmd == "run":
+            from scalequest_cli.commands import cmd_run
+
+            return asyncio.run(cmd_run(args))
+        if args.cmd == "serve":
+            from scalequest_cli.commands import cmd_serve
+
+            return asyncio.run(cmd_serve(args.service))
+        if args.cmd == "status":
+            from scalequest_cli.commands import cmd_status
+
+            return asyncio.run(cmd_status(args))
+        if args.cmd == "export":
+            from scalequest_cli.commands import cmd_export
+
+            return cmd_export(args)
+        if args.cmd == "prepare-model":
+            from libs.models.default_model import ensure_default_model
+
+            print(ensure_default_model(args.cache_dir))
+            return 0
+    except (ScaleQuestError, StoreError) as e:
+        print(f"scalequest: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("scalequest: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,21 +27,21 @@ import re
 import tempfile
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 from libs.errors import NotFound, ScaleQuestError
 
 __all__ = [
-    "StoreError",
+    "DEFAULT_S3_ENDPOINT",
+    "LocalStore",
     "ObjectNotFound",
     "ObjectStore",
-    "LocalStore",
     "S3Store",
+    "StoreError",
     "open_store",
     "validate_key",
-    "DEFAULT_S3_ENDPOINT",
 ]
 
 DEFAULT_S3_ENDPOINT = "http://127.0.0.1:9000"
@@ -252,7 +252,7 @@ class LocalStore(ObjectStore):
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         src_path = self._path(key)
         try:
-            src = open(src_path, "rb")
+            src = open(src_path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             raise ObjectNotFound(f"object not found: {src_path}") from e
         except OSError as e:
@@ -437,16 +437,28 @@ class S3Store(ObjectStore):
         from minio.error import S3Error
 
         if isinstance(e, S3Error):
-            if e.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"):
+            if op == "get" and e.code in _NOT_FOUND_CODES:
                 return ObjectNotFound(f"object not found: {what}")
             msg = f"S3 {op} of {what} failed at {self._endpoint}: {e.code}: {e.message}"
         else:
-            detail = type(e).__name__
-            reason = getattr(e, "reason", None)
-            if reason is not None:
-                detail += f" ({type(reason).__name__})"
-            msg = f"S3 endpoint {self._endpoint} failed during {op} of {what}: {detail}: {e}"
+            reason = getattr(e, "reason", None)  # urllib3 MaxRetryError wraps the real cause
+            cause = reason if isinstance(reason, BaseException) else e
+            msg = f"S3 endpoint {self._endpoint} failed during {op} of {what}: {type(cause).__name__}: {cause}"
         return StoreError(self._scrub(msg))
+
+    def _write(self, fn) -> None:
+        """Run a write; if the bucket vanished since it was checked, recreate it and retry once."""
+        from minio.error import S3Error
+
+        self._ensure_bucket()
+        try:
+            fn()
+        except S3Error as e:
+            if e.code != "NoSuchBucket":
+                raise
+            self._bucket_ready = False
+            self._ensure_bucket()
+            fn()
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:
@@ -464,7 +476,7 @@ class S3Store(ObjectStore):
                     except S3Error as e:
                         if e.code not in _BUCKET_EXISTS_CODES:  # lost a creation race: fine
                             raise
-            except Exception as e:  # noqa: BLE001 - translated
+            except Exception as e:
                 raise self._fail("bucket setup", what, e) from e
             self._bucket_ready = True
 
@@ -472,40 +484,45 @@ class S3Store(ObjectStore):
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         name = self._name(key)
-        self._ensure_bucket()
         try:
-            self._client.put_object(
-                bucket_name=self._bucket,
-                object_name=name,
-                data=io.BytesIO(data),
-                length=len(data),
-                content_type=content_type,
+            self._write(
+                lambda: self._client.put_object(
+                    bucket_name=self._bucket,
+                    object_name=name,
+                    data=io.BytesIO(data),
+                    length=len(data),
+                    content_type=content_type,
+                )
             )
-        except Exception as e:  # noqa: BLE001
+        except StoreError:
+            raise
+        except Exception as e:
             raise self._fail("put", self.uri(key), e) from e
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         name = self._name(key)
         if not os.path.isfile(path):
             raise StoreError(f"cannot upload {os.fspath(path)} to {self.uri(key)}: source file not found")
-        self._ensure_bucket()
         try:
-            self._client.fput_object(
-                bucket_name=self._bucket,
-                object_name=name,
-                file_path=os.fspath(path),
+            self._write(
+                lambda: self._client.fput_object(
+                    bucket_name=self._bucket,
+                    object_name=name,
+                    file_path=os.fspath(path),
+                )
             )
-        except Exception as e:  # noqa: BLE001
+        except StoreError:
+            raise
+        except Exception as e:
             raise self._fail("put", self.uri(key), e) from e
 
     def get_bytes(self, key: str) -> bytes:
         name = self._name(key)
-        self._ensure_bucket()
         resp = None
         try:
             resp = self._client.get_object(bucket_name=self._bucket, object_name=name)
             return resp.read()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("get", self.uri(key), e) from e
         finally:
             if resp is not None:
@@ -514,7 +531,6 @@ class S3Store(ObjectStore):
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         name = self._name(key)
-        self._ensure_bucket()
         resp = None
         try:
             resp = self._client.get_object(bucket_name=self._bucket, object_name=name)
@@ -523,7 +539,7 @@ class S3Store(ObjectStore):
             if not _is_transport_error(e):
                 raise StoreError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from e
             raise self._fail("get", self.uri(key), e) from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("get", self.uri(key), e) from e
         finally:
             if resp is not None:
@@ -534,7 +550,6 @@ class S3Store(ObjectStore):
         from minio.error import S3Error
 
         name = self._name(key)
-        self._ensure_bucket()
         try:
             self._client.stat_object(bucket_name=self._bucket, object_name=name)
             return True
@@ -542,7 +557,7 @@ class S3Store(ObjectStore):
             if e.code in _NOT_FOUND_CODES or getattr(e.response, "status", None) == 404:
                 return False
             raise self._fail("stat", self.uri(key), e) from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("stat", self.uri(key), e) from e
 
     def list(self, prefix: str = "") -> list[str]:
@@ -551,7 +566,6 @@ class S3Store(ObjectStore):
         _validate_prefix(prefix)
         full = f"{self._prefix}/{prefix}" if self._prefix else prefix
         strip = len(self._prefix) + 1 if self._prefix else 0
-        self._ensure_bucket()
         try:
             keys = [
                 obj.object_name[strip:]
@@ -564,7 +578,7 @@ class S3Store(ObjectStore):
             if e.code == "NoSuchBucket":
                 return []
             raise self._fail("list", f"s3://{self._bucket}/{full}", e) from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("list", f"s3://{self._bucket}/{full}", e) from e
         keys.sort()
         return keys
@@ -573,14 +587,13 @@ class S3Store(ObjectStore):
         from minio.error import S3Error
 
         name = self._name(key)
-        self._ensure_bucket()
         try:
             self._client.remove_object(bucket_name=self._bucket, object_name=name)
         except S3Error as e:
             if e.code in _NOT_FOUND_CODES:
                 return
             raise self._fail("delete", self.uri(key), e) from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("delete", self.uri(key), e) from e
 
 

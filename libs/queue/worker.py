@@ -1,0 +1,464 @@
+"""The stage worker: pull batches from a work queue, run a batch handler, publish, then ack.
+
+One ``StageWorker`` per stage process. Per fetched batch:
+
+* each message is decoded; a message that does not decode is dead-lettered (``malformed``) and
+  terminated; one delivered more than ``max_deliver`` times (its worker died on the last try) is
+  dead-lettered (``max_deliver_exceeded``) without running the handler;
+* the remaining items go to ONE handler call, which returns one entry per item:
+  a list of ``Publish`` -> all are published with ``Nats-Msg-Id`` (awaiting the stream's acks),
+  THEN the input is acked; a ``PoisonMessage`` (or ``InvalidArgument``) -> dead letter + term;
+  a ``TransientError`` or any other exception -> ``nak(delay)``, or dead letter on the
+  ``max_deliver``-th delivery. A handler that raises counts as that exception for every item;
+* while the handler runs, ``in_progress()`` is sent every ``ack_wait / 3`` so slow model calls
+  are not redelivered to another replica.
+
+Outputs are only ever acked after they are stored, and are deduplicated by message id, so a
+crash anywhere means redelivery and never loss or duplication downstream (within the stream's
+duplicate window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import Header
+from nats.js.errors import NotFoundError
+
+from libs.errors import InvalidArgument, PoisonMessage, TransientError
+from libs.queue import subjects
+from libs.queue.subjects import WorkQueue
+
+log = logging.getLogger("scalequest.queue")
+
+T = TypeVar("T")
+
+MSG_ID = Header.MSG_ID.value  # "Nats-Msg-Id"
+DETAIL_LIMIT = 1024
+DEFAULT_NAK_DELAY = 2.0
+
+REASON_MALFORMED = "malformed"
+REASON_MAX_DELIVER = "max_deliver_exceeded"
+REASON_INVALID = "invalid_argument"
+
+
+@dataclass
+class Publish:
+    """One output message; ``msg_id`` (stable, derived from the item id) deduplicates retries."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+    headers: dict[str, str] | None = None
+
+
+@dataclass
+class WorkerStats:
+    fetched: int = 0  # messages received from the consumer
+    acked: int = 0  # inputs acked after their outputs were stored
+    naked: int = 0  # inputs handed back for redelivery
+    dead_lettered: int = 0  # inputs sent to the DLQ and terminated
+    published: int = 0  # outputs newly stored
+    duplicates: int = 0  # outputs the stream already had (same Nats-Msg-Id): a retry
+    batches: int = 0  # handler calls
+
+
+@dataclass
+class _Work(Generic[T]):
+    msg: Msg
+    item: T
+    deliveries: int
+    seq: int
+    item_id: str
+    settled: bool = field(default=False)
+
+
+def _header_value(text: str, limit: int = DETAIL_LIMIT) -> str:
+    """A header-safe (single line, ASCII) value of at most ``limit`` characters."""
+    text = " ".join(str(text).split())  # no CR/LF, collapse whitespace
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def _describe(err: BaseException) -> str:
+    msg = str(err)
+    return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
+
+
+class StageWorker(Generic[T]):
+    """Consume ``queue`` with its durable pull consumer and run ``handler`` on batches.
+
+    ``stage`` names the dead-letter subject (``subjects.dlq_subject(stage)``) and log fields.
+    ``max_deliver`` must match ``ensure_topology(max_deliver=...)`` (the consumer allows one more
+    delivery so the worker itself dead-letters). ``ack_wait`` sets the heartbeat period
+    (``ack_wait / 3``; the consumer's own ack_wait is used if shorter). ``concurrency`` fetch loops
+    run in parallel, each with its own pull subscription and at most one batch in flight.
+    ``on_event(name, fields)`` is called for "batch", "ack", "nak" and "dead_letter" (metrics).
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        queue: WorkQueue,
+        stage: str,
+        decode: Callable[[bytes], T],
+        handler: Callable[[list[T]], Awaitable[list[list[Publish] | BaseException]]],
+        batch_size: int = 16,
+        fetch_timeout: float = 1.0,
+        max_deliver: int = 5,
+        ack_wait: float = 60.0,
+        concurrency: int = 1,
+        item_id: Callable[[T], str] | None = None,
+        on_event: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        if batch_size < 1 or concurrency < 1 or max_deliver < 1:
+            raise ValueError("batch_size, concurrency and max_deliver must be >= 1")
+        if fetch_timeout <= 0 or ack_wait <= 0:
+            raise ValueError("fetch_timeout and ack_wait must be > 0")
+        self._js = js
+        self.queue = queue
+        self.stage = stage
+        self._decode = decode
+        self._handler = handler
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.max_deliver = max_deliver
+        self.ack_wait = ack_wait
+        self.concurrency = concurrency
+        self._item_id = item_id
+        self._on_event = on_event
+        self.dlq_subject = subjects.dlq_subject(stage)
+        self.ack_timeout = 5.0
+        self.publish_timeout = 10.0
+        self.publish_retry_delay = DEFAULT_NAK_DELAY  # nak delay when outputs could not be stored
+        self.retry_delay = DEFAULT_NAK_DELAY  # nak delay for exceptions other than TransientError
+
+        self._stats = WorkerStats()
+        self._subs: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._stopped = False
+        self._inflight = 0
+        self._heartbeat_every = ack_wait / 3.0
+        self._log_extra = {"stage": stage}
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and the NATS connection is up."""
+        nc = getattr(self._js, "_nc", None)
+        connected = True if nc is None else bool(nc.is_connected)
+        return self._started and not self._stopping.is_set() and connected
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self._stats
+
+    @property
+    def inflight(self) -> int:
+        """Batches being processed right now."""
+        return self._inflight
+
+    async def start(self) -> None:
+        """Bind to the durable consumer and start ``concurrency`` fetch loops."""
+        if self._started:
+            return
+        if self._stopped:
+            raise RuntimeError("a stopped StageWorker cannot be restarted; create a new one")
+        q = self.queue
+        try:
+            info = await self._js.consumer_info(q.stream, q.consumer)
+        except NotFoundError as e:
+            raise RuntimeError(
+                f"consumer {q.consumer!r} on stream {q.stream!r} does not exist; run ensure_topology() first"
+            ) from e
+        consumer_ack_wait = info.config.ack_wait or self.ack_wait
+        self._heartbeat_every = max(0.05, min(self.ack_wait, consumer_ack_wait) / 3.0)
+        server_max = info.config.max_deliver
+        if server_max is not None and 0 < server_max <= self.max_deliver:
+            log.warning(
+                "consumer %s allows %d deliveries but the worker's max_deliver is %d: a crash on the last "
+                "delivery would drop the item without a dead letter (ensure_topology sets max_deliver + 1)",
+                q.consumer, server_max, self.max_deliver, extra=self._log_extra,
+            )  # fmt: skip
+        for i in range(self.concurrency):
+            sub = await self._js.pull_subscribe_bind(durable=q.consumer, stream=q.stream)
+            self._subs.append(sub)
+            self._tasks.append(asyncio.create_task(self._loop(sub, i), name=f"sq-worker-{self.stage}-{i}"))
+        self._started = True
+        log.info(
+            "worker %s: consuming %s/%s (batch %d, concurrency %d, max_deliver %d, heartbeat %.1fs)",
+            self.stage, q.stream, q.consumer, self.batch_size, self.concurrency, self.max_deliver,
+            self._heartbeat_every, extra=self._log_extra,
+        )  # fmt: skip
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop fetching, let in-flight batches finish (publish + ack), then unsubscribe.
+
+        Batches still running after ``timeout`` are cancelled; their messages are not acked and
+        come back after ack_wait.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        if self._tasks:
+            log.info("worker %s: stopping (%d batch(es) in flight)", self.stage, self._inflight, extra=self._log_extra)
+            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            if pending:
+                log.warning(
+                    "worker %s: %d fetch loop(s) still busy after %.1fs; cancelling (their messages will be "
+                    "redelivered after ack_wait)", self.stage, len(pending), timeout, extra=self._log_extra,
+                )  # fmt: skip
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as e:  # connection already closed: nothing to clean up
+                log.debug("worker %s: unsubscribe: %s", self.stage, _describe(e))
+        self._subs.clear()
+        log.info("worker %s: stopped %s", self.stage, self._stats, extra=self._log_extra)
+
+    # ------------------------------------------------------------------ fetch loop
+    async def _loop(self, sub: Any, index: int) -> None:
+        errors_in_row = 0
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+            except asyncio.TimeoutError:  # nats.errors.TimeoutError included: nothing to do
+                errors_in_row = 0
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self._stopping.is_set():
+                    break
+                errors_in_row += 1
+                level = logging.WARNING if errors_in_row == 1 or errors_in_row % 30 == 0 else logging.DEBUG
+                log.log(level, "worker %s: fetch failed (%d in a row): %s", self.stage, errors_in_row,
+                        _describe(e), extra=self._log_extra)  # fmt: skip
+                await self._sleep_unless_stopping(min(0.2 * errors_in_row, 2.0))
+                continue
+            errors_in_row = 0
+            if not msgs:
+                continue
+            self._inflight += 1
+            try:
+                await self._process_batch(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not kill the loop; the messages come back later
+                log.exception("worker %s: unexpected error processing a batch", self.stage, extra=self._log_extra)
+            finally:
+                self._inflight -= 1
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ one batch
+    async def _process_batch(self, msgs: list[Msg]) -> None:
+        started = time.monotonic()
+        works: list[_Work[T]] = []
+        for msg in msgs:
+            self._stats.fetched += 1
+            try:
+                md = msg.metadata
+                deliveries, seq = int(md.num_delivered), int(md.sequence.stream)
+            except Exception as e:
+                log.error("worker %s: message on %s without JetStream metadata (%s); ignored", self.stage,
+                          msg.subject, _describe(e), extra=self._log_extra)  # fmt: skip
+                continue
+            if deliveries > self.max_deliver:
+                await self._dead_letter(
+                    msg, deliveries, seq, f"seq={seq}", REASON_MAX_DELIVER,
+                    f"delivered {deliveries} times (max_deliver={self.max_deliver}); the previous worker "
+                    "did not settle it (crash or timeout)",
+                )  # fmt: skip
+                continue
+            try:
+                item = self._decode(msg.data)
+            except Exception as e:
+                await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_MALFORMED, _describe(e))
+                continue
+            works.append(_Work(msg, item, deliveries, seq, self._id_of(item, seq)))
+        if not works:
+            return
+
+        heartbeat = asyncio.create_task(self._heartbeat(works))
+        try:
+            results: list[Any]
+            try:
+                results = await self._handler([w.item for w in works])
+                if not isinstance(results, (list, tuple)) or len(results) != len(works):
+                    n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+                    raise TypeError(f"handler returned {n} results for {len(works)} items")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not isinstance(e, (TransientError, PoisonMessage, InvalidArgument)):
+                    log.error("worker %s: handler failed on a batch of %d: %s", self.stage, len(works),
+                              _describe(e), exc_info=e, extra=self._log_extra)  # fmt: skip
+                results = [e] * len(works)
+            self._stats.batches += 1
+            await asyncio.gather(*(self._settle(w, r) for w, r in zip(works, results)))
+        finally:
+            heartbeat.cancel()
+            try:
+                await heartbeat
+            except asyncio.CancelledError:
+                pass
+        self._emit("batch", size=len(msgs), handled=len(works), seconds=round(time.monotonic() - started, 4))
+
+    async def _heartbeat(self, works: list[_Work[T]]) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_every)
+            for w in works:
+                if w.settled:
+                    continue
+                try:
+                    await w.msg.in_progress()
+                except Exception as e:  # connection trouble: the next beat may get through
+                    log.debug("worker %s: in_progress failed: %s", self.stage, _describe(e), extra=self._log_extra)
+
+    async def _settle(self, w: _Work[T], result: Any) -> None:
+        try:
+            if isinstance(result, list) and all(isinstance(p, Publish) for p in result):
+                await self._complete(w, result)
+            elif isinstance(result, PoisonMessage):
+                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, result.reason, result.detail)
+            elif isinstance(result, InvalidArgument):
+                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_INVALID, str(result))
+            elif isinstance(result, BaseException):
+                await self._fail(w, result)
+            else:
+                await self._fail(w, TypeError(f"handler result for an item must be list[Publish] or an "
+                                              f"exception, got {type(result).__name__}"))  # fmt: skip
+        finally:
+            w.settled = True
+
+    async def _fail(self, w: _Work[T], err: BaseException) -> None:
+        if w.deliveries >= self.max_deliver:
+            await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_MAX_DELIVER,
+                                    f"delivery {w.deliveries} of {self.max_deliver} failed: {_describe(err)}")  # fmt: skip
+            return
+        delay = err.delay if isinstance(err, TransientError) else self.retry_delay
+        log.warning("worker %s: item %s failed on delivery %d/%d, retry in %.1fs: %s", self.stage, w.item_id,
+                    w.deliveries, self.max_deliver, delay, _describe(err),
+                    extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
+        await self._nak(w, delay, _describe(err))
+
+    async def _nak(self, w: _Work[T], delay: float, why: str) -> None:
+        try:
+            await w.msg.nak(delay=delay)
+            self._stats.naked += 1
+            self._emit("nak", item_id=w.item_id, deliveries=w.deliveries, delay=delay, error=why)
+        except Exception as e:  # it comes back after ack_wait anyway
+            log.warning("worker %s: nak of %s failed: %s", self.stage, w.item_id, _describe(e), extra=self._log_extra)
+
+    async def _complete(self, w: _Work[T], outputs: list[Publish]) -> None:
+        results = await asyncio.gather(*(self._publish(p) for p in outputs), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for r in results:
+            if isinstance(r, BaseException):
+                continue
+            if r:
+                self._stats.duplicates += 1
+            else:
+                self._stats.published += 1
+        if failed:
+            log.warning("worker %s: %d of %d output(s) of %s not stored (%s); nak", self.stage, len(failed),
+                        len(outputs), w.item_id, _describe(failed[0]),
+                        extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
+            await self._nak(w, self.publish_retry_delay, f"publish failed: {_describe(failed[0])}")
+            return
+        try:
+            await w.msg.ack_sync(timeout=self.ack_timeout)
+        except Exception as e:
+            # Outputs are stored; redelivery would republish them under the same ids (deduplicated).
+            log.warning("worker %s: ack of %s not confirmed: %s", self.stage, w.item_id, _describe(e),
+                        extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
+            return
+        self._stats.acked += 1
+        self._emit("ack", item_id=w.item_id, outputs=len(outputs), deliveries=w.deliveries)
+
+    async def _publish(self, p: Publish) -> bool:
+        """Publish one output; True when the stream already had it (duplicate)."""
+        headers = dict(p.headers or {})
+        headers[MSG_ID] = p.msg_id
+        ack = await self._js.publish(p.subject, p.payload, timeout=self.publish_timeout, headers=headers)
+        return bool(getattr(ack, "duplicate", False))
+
+    async def _dead_letter(self, msg: Msg, deliveries: int, seq: int, item_id: str, reason: str, detail: str) -> bool:
+        """Publish the original payload to the stage's DLQ subject, then ``term()`` the message.
+
+        If the dead letter cannot be stored the message is nak'ed instead (never dropped).
+        """
+        headers: dict[str, str] = {}
+        for k, v in (msg.headers or {}).items():
+            if not k.lower().startswith("nats-"):
+                headers[k] = v
+        headers.update(
+            {
+                subjects.H_REASON: _header_value(reason, 128) or "unknown",
+                subjects.H_DETAIL: _header_value(detail),
+                subjects.H_STAGE: self.stage,
+                subjects.H_SUBJECT: msg.subject,
+                subjects.H_DELIVERIES: str(deliveries),
+                MSG_ID: f"dlq.{self.stage}.{seq}",
+            }
+        )
+        extra = {**self._log_extra, "item_id": item_id}
+        try:
+            await self._js.publish(self.dlq_subject, msg.data, timeout=self.publish_timeout, headers=headers)
+        except Exception as e:
+            log.error("worker %s: could not dead-letter %s (%s): %s; nak", self.stage, item_id, reason,
+                      _describe(e), extra=extra)  # fmt: skip
+            try:
+                await msg.nak(delay=self.publish_retry_delay)
+                self._stats.naked += 1
+            except Exception:
+                pass
+            return False
+        try:
+            await msg.term()
+        except Exception as e:  # redelivered later, dead-lettered again under the same msg id
+            log.warning("worker %s: term of %s failed: %s", self.stage, item_id, _describe(e), extra=extra)
+        self._stats.dead_lettered += 1
+        log.warning("worker %s: dead-lettered %s (%s) after %d deliveries: %s", self.stage, item_id, reason,
+                    deliveries, _header_value(detail, 200), extra=extra)  # fmt: skip
+        self._emit("dead_letter", item_id=item_id, reason=reason, detail=detail, deliveries=deliveries)
+        return True
+
+    # ------------------------------------------------------------------ helpers
+    def _id_of(self, item: T, seq: int) -> str:
+        if self._item_id is None:
+            return f"seq={seq}"
+        try:
+            return str(self._item_id(item))
+        except Exception:
+            return f"seq={seq}"
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self._on_event is None:
+            return
+        fields.setdefault("stage", self.stage)
+        try:
+            self._on_event(event, fields)
+        except Exception:
+            log.exception("worker %s: on_event(%r) failed", self.stage, event, extra=self._log_extra)

@@ -1,0 +1,196 @@
+"""Implementations of the CLI commands (imported lazily: vLLM and gRPC load only when needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+
+from libs.errors import ConfigError, NotFound
+from libs.settings import load_settings
+from libs.storage.objectstore import open_store
+from libs.storage.shards import list_shards, read_manifest, read_shard, records_to_parquet
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.coordinator.v1 import coordinator_pb2 as capi
+from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
+
+log = logging.getLogger("scalequest.cli")
+
+
+def run_overrides(args) -> dict[str, dict]:
+    engine = {"engine": args.engine, "model": args.model}
+    return {
+        "questiongen": dict(engine),
+        "filter": {**engine, "judge_max_tokens": args.judge_max_tokens},
+        "solver": {**engine, "answer_fallback": args.answer_fallback},
+        "reward": dict(engine),
+        # The sink holds records un-acked until their shard is durable: give it room.
+        "coordinator": {"worker_concurrency": 8, "batch_size": 32, "writer_id": "w0"},
+    }
+
+
+def run_config(args, model_name: str) -> pb.RunConfig:
+    return pb.RunConfig(
+        target=args.target,
+        seed=args.seed,
+        generator_model=model_name,
+        solver_model=model_name,
+        judge_model=model_name,
+        question_sampling=pb.Sampling(temperature=1.0, top_p=0.99, max_tokens=args.question_max_tokens),
+        solution_sampling=pb.Sampling(temperature=0.7, top_p=0.95, max_tokens=args.solution_max_tokens),
+        n_candidates=args.n_candidates,
+        mode=pb.GENERATION_MODE_INSTRUCTED if args.mode == "instructed" else pb.GENERATION_MODE_SCRATCH,
+        selection_rule=args.selection_rule,
+        min_agreement=args.min_agreement,
+        max_outstanding=args.max_outstanding,
+        shard_max_records=args.shard_max_records,
+        shard_max_seconds=args.shard_max_seconds,
+        judge_enabled=not args.no_judge,
+    )
+
+
+async def cmd_run(args) -> int:
+    from scalequest_cli.embedded import start_pipeline
+    from scalequest_cli.view import ProgressView, samples_table, summary_table
+
+    console = Console()
+    t0 = time.monotonic()
+    async with AsyncExitStack() as stack:
+        console.print("[bold]scalequest[/] starting embedded pipeline (NATS, object store, engine, 5 services)...")
+        pipe = await start_pipeline(nats_url=args.nats_url, store_url=args.store, overrides=run_overrides(args), stack=stack)
+        t_ready = time.monotonic()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{pipe.port('coordinator')}")
+        stack.push_async_callback(channel.close)
+        stub = capi_grpc.CoordinatorServiceStub(channel)
+        name = args.model if args.model != "default" else "SmolLM2-135M-Instruct"
+        resp = await stub.StartRun(capi.StartRunRequest(config=run_config(args, name), run_id=args.run_id))
+        run_id = resp.run_id
+        console.print(f"run id: [bold cyan]{run_id}[/]  (services up in {t_ready - t0:.1f}s, store {args.store})")
+        t_run = time.monotonic()
+        if args.quiet:
+            async for st in stub.StreamProgress(capi.StreamProgressRequest(run_id=run_id, interval_seconds=1.0)):
+                pass
+        else:
+            with ProgressView(console, args.target) as view:
+                async for st in stub.StreamProgress(capi.StreamProgressRequest(run_id=run_id, interval_seconds=0.5)):
+                    view.update(st)
+        wall = time.monotonic() - t_run
+        await pipe.flush_counters()
+        final = (await stub.GetRun(capi.GetRunRequest(run_id=run_id))).status
+    store = open_store(args.store)
+    rows = []
+    for key in list_shards(store, run_id)[:1]:
+        rows = read_shard(store, key)
+    console.print(summary_table(final, wall))
+    if rows:
+        console.print(samples_table(rows))
+    console.print(f"records: {store.uri(f'runs/{run_id}/')}")
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps({"wall_seconds": wall, **MessageToDict(final, preserving_proto_field_name=True)}))
+    console.print(f"run id: {run_id}")
+    return 0 if final.state == "completed" else 1
+
+
+async def cmd_serve(service: str) -> int:
+    from libs.engines.registry import close_all
+    from libs.logging import setup_logging
+    from libs.queue.subjects import RUNS_BUCKET
+    from libs.queue.topology import connect, ensure_topology
+    from libs.service import Infra
+    from services.registry import service_module
+
+    mod = service_module(service)
+    settings = load_settings(mod.Settings)
+    setup_logging(settings.log_level, json=settings.log_json, service=service)
+    try:
+        nc, js = await asyncio.wait_for(connect(settings.nats_url, name=f"scalequest-{service}"), 60)
+    except Exception as e:
+        raise ConfigError(f"cannot connect to NATS at SQ_NATS_URL={settings.nats_url}: {e}") from None
+    await ensure_topology(js, ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
+    kv = await js.key_value(RUNS_BUCKET)
+    store = open_store(settings.store_url) if service == "coordinator" else None
+    svc = await mod.build(settings, Infra(nc=nc, js=js, kv=kv, store=store))
+    await svc.start()
+    if settings.metrics_port:
+        from libs.metrics import start_metrics_server
+
+        start_metrics_server(settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", extra={"stage": service, "port": svc.port})
+    await stop.wait()
+    log.info("shutdown requested", extra={"stage": service})
+    await svc.stop()
+    log.info("draining NATS", extra={"stage": service})
+    await nc.drain()
+    await close_all()
+    return 0
+
+
+async def cmd_status(args) -> int:
+    st = None
+    if args.nats_url:
+        from libs.queue.subjects import RUNS_BUCKET
+        from libs.queue.topology import connect
+        from services.coordinator.runs import RunManager
+        from services.coordinator.settings import CoordinatorSettings
+
+        nc, js = await asyncio.wait_for(connect(args.nats_url, name="scalequest-status"), 10)
+        try:
+            kv = await js.key_value(RUNS_BUCKET)
+            st = await RunManager(CoordinatorSettings(), js, kv, None).status(args.run_id)
+        except NotFound:
+            st = None
+        finally:
+            await nc.close()
+    if st is None:
+        store = open_store(args.store)
+        try:
+            st = json.loads(store.get_bytes(f"runs/{args.run_id}/status.json"))
+        except Exception:
+            m = read_manifest(store, args.run_id)
+            if m is None:
+                raise NotFound(f"run {args.run_id} not found (store {args.store}, NATS {args.nats_url or 'not given'})")
+            st = {"run_id": m.run_id, "state": m.state, "accepted": m.accepted, "shards": len(m.shards),
+                  "target": m.config.get("target", 0)}
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    from scalequest_cli.view import summary_table
+    from services.coordinator.runs import status_to_proto
+
+    st.setdefault("rejections", {})
+    msg = status_to_proto(st)
+    wall = (msg.ended_at or time.time()) - msg.started_at if msg.started_at else 0.0
+    Console().print(summary_table(msg, wall))
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = open_store(args.store)
+    keys = list_shards(store, args.run_id)
+    if not keys:
+        raise NotFound(f"run {args.run_id} has no shards in {args.store}")
+    rows = [r for k in keys for r in read_shard(store, k)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "jsonl":
+        with out.open("w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    else:
+        out.write_bytes(records_to_parquet(rows))
+    print(f"exported {len(rows)} records from {len(keys)} shards to {out}", file=sys.stderr)
+    return 0

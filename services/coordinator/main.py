@@ -1,0 +1,34 @@
+"""coordinator entrypoint: gRPC CoordinatorService + the sink worker on scalequest.work.sink."""
+
+from __future__ import annotations
+
+from libs.grpc.server import GrpcServer
+from libs.items import decoder
+from libs.queue import subjects
+from libs.service import Infra, StageService, WorkerSpec
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.coordinator.v1 import coordinator_pb2_grpc as api_grpc
+from services.coordinator.runs import STAGE, RunManager
+from services.coordinator.servicer import SERVICE_NAME, CoordinatorServicer
+from services.coordinator.settings import CoordinatorSettings
+
+Settings = CoordinatorSettings
+
+
+def _decode_outcome(data: bytes) -> pb.Outcome:
+    msg = decoder(pb.Outcome)(data)
+    return msg
+
+
+async def build(settings: CoordinatorSettings, infra: Infra, engine=None) -> StageService:
+    manager = RunManager(settings, infra.js, infra.kv, infra.store)
+    await manager.resume_runs()
+    server = GrpcServer(
+        STAGE,
+        settings,
+        servicers=[(api_grpc.add_CoordinatorServiceServicer_to_server, CoordinatorServicer(manager), SERVICE_NAME)],
+    )
+    spec = WorkerSpec(subjects.SINK, _decode_outcome, manager.handle_outcomes)
+    svc = StageService(STAGE, settings, server, infra, spec, closers=[manager.close])
+    svc.manager = manager  # type: ignore[attr-defined]
+    return svc

@@ -1,0 +1,53 @@
+"""FinalRecord (protobuf) -> one Parquet row with full provenance."""
+
+from __future__ import annotations
+
+import time
+
+from scalequest.common.v1 import items_pb2 as pb
+
+
+def _sampling(s: pb.Sampling) -> dict:
+    return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+
+
+def record_row(rec: pb.FinalRecord) -> dict:
+    solved = rec.solved
+    q = solved.question
+    sel = solved.candidates[rec.selected]
+    cfg = q.config
+    return {
+        "item_id": q.item_id,
+        "run_id": q.run_id,
+        "question": q.text,
+        "solution": sel.text,
+        "answer": sel.answer,
+        "difficulty": rec.difficulty,
+        "agreement": sel.agreement,
+        "selection_reason": rec.selection_reason,
+        "scorer": rec.scorer,
+        "selected": rec.selected,
+        "generator_model": q.generator_model,
+        "solver_model": solved.solver_model,
+        "judge_model": cfg.judge_model,
+        "seed": q.seed,
+        "question_sampling": _sampling(cfg.question_sampling),
+        "solution_sampling": _sampling(cfg.solution_sampling),
+        "filter_verdicts": [
+            {"check": v.check, "passed": v.passed, "reason": v.reason, "detail": v.detail} for v in q.verdicts
+        ],
+        "candidates": [
+            {
+                "text": c.text,
+                "answer": c.answer,
+                "num_tokens": c.num_tokens,
+                "finish_reason": c.finish_reason,
+                "judge_score": c.judge_score,
+                "agreement": c.agreement,
+                "reward": c.reward,
+                "seed": c.seed,
+            }
+            for c in solved.candidates
+        ],
+        "created_at": time.time(),
+    }

@@ -1,0 +1,477 @@
+"""Run lifecycle, admission control and the sink.
+
+- ``start_run`` records the run in the KV bucket and starts its admission loop, which keeps at
+  most ``max_outstanding`` generation tasks in flight (admitted but without an outcome) and
+  admits only as many as the observed acceptance rate says are still needed, so backpressure
+  reaches the generator and a run stops close to its target.
+- The sink consumes ``Outcome`` messages (``scalequest.work.sink``): exactly one per task.
+  Rejections are counted per (stage, reason); records are buffered and written as Parquet
+  shards (at most ``shard_max_records`` rows or ``shard_max_seconds`` old). A record's input
+  message is acked only after the shard holding it is durable, and item ids are deduplicated,
+  so a crash loses nothing and writes nothing twice.
+- Each durable shard is announced on ``scalequest.events.<run>.shard``; the end of a run on
+  ``scalequest.events.<run>.end``. State and counters live in KV (``run.<id>.state``) and in
+  ``runs/<id>/status.json`` beside the manifest, so they outlive the NATS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+
+from libs.errors import InvalidArgument, NotFound, TransientError
+from libs.items import SCHEMA, item_ids, task_seed
+from libs.queue import subjects
+from libs.queue.kv import kv_get_json, kv_keys, kv_put_json
+from libs.queue.worker import Publish
+from libs.runstate import CLOSED_STATES, config_key, stage_key, state_key
+from libs.storage.objectstore import ObjectStore
+from libs.storage.shards import Manifest, ShardWriter, existing_item_ids, read_manifest, write_manifest
+from scalequest.common.v1 import items_pb2 as pb
+from services.coordinator.records import record_row
+from services.coordinator.settings import CoordinatorSettings
+
+log = logging.getLogger("scalequest.coordinator")
+
+STAGE = "coordinator"
+RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+STAGES = ("questiongen", "filter", "solver", "reward")
+
+
+def status_key(run_id: str) -> str:
+    return f"runs/{run_id}/status.json"
+
+
+@dataclass
+class Run:
+    run_id: str
+    config: pb.RunConfig
+    state: str = "running"
+    started_at: float = field(default_factory=time.time)
+    ended_at: float = 0.0
+    admitted: int = 0
+    finished: int = 0
+    accepted: int = 0
+    shards: int = 0
+    rejections: Counter = field(default_factory=Counter)  # (stage, reason) -> n
+    seen: set = field(default_factory=set)
+    buffer: list = field(default_factory=list)  # (row, future)
+    buffer_since: float = 0.0
+    writer: ShardWriter | None = None
+    manifest: Manifest | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list = field(default_factory=list)
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def outstanding(self) -> int:
+        return self.admitted - self.finished
+
+    def state_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "state": self.state,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "admitted": self.admitted,
+            "finished": self.finished,
+            "accepted": self.accepted,
+            "shards": self.shards,
+            "rejections": {f"{s}/{r}": n for (s, r), n in sorted(self.rejections.items())},
+        }
+
+
+def config_to_dict(cfg: pb.RunConfig) -> dict:
+    return MessageToDict(cfg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+class RunManager:
+    def __init__(self, settings: CoordinatorSettings, js, kv, store: ObjectStore) -> None:
+        self.settings = settings
+        self.js = js
+        self.kv = kv
+        self.store = store
+        self.runs: dict[str, Run] = {}
+        self._closing = False
+
+    # ------------------------------------------------------------------ configuration
+    def resolve_config(self, cfg: pb.RunConfig) -> pb.RunConfig:
+        """Fill zero fields from the coordinator defaults and validate."""
+        s = self.settings
+        out = pb.RunConfig()
+        out.CopyFrom(cfg)
+        out.target = out.target or s.run_target
+        out.seed = out.seed or s.run_seed
+        out.generator_model = out.generator_model or s.generator_model
+        out.solver_model = out.solver_model or s.solver_model
+        out.judge_model = out.judge_model or s.judge_model
+        qs, ss = out.question_sampling, out.solution_sampling
+        qs.temperature = qs.temperature or s.run_question_temperature
+        qs.top_p = qs.top_p or s.run_question_top_p
+        qs.max_tokens = qs.max_tokens or s.run_question_max_tokens
+        ss.temperature = ss.temperature or s.run_solution_temperature
+        ss.top_p = ss.top_p or s.run_solution_top_p
+        ss.max_tokens = ss.max_tokens or s.run_solution_max_tokens
+        out.n_candidates = out.n_candidates or s.run_n_candidates
+        out.mode = out.mode or (
+            pb.GENERATION_MODE_INSTRUCTED if s.run_mode == "instructed" else pb.GENERATION_MODE_SCRATCH
+        )
+        out.selection_rule = out.selection_rule or s.run_selection_rule
+        out.min_agreement = out.min_agreement or s.run_min_agreement
+        out.max_outstanding = out.max_outstanding or s.max_outstanding
+        out.max_tasks = out.max_tasks or out.target * s.max_tasks_factor
+        out.shard_max_records = out.shard_max_records or s.shard_max_records
+        out.shard_max_seconds = out.shard_max_seconds or s.shard_max_seconds
+        if not cfg.HasField("judge_enabled"):
+            out.judge_enabled = s.run_judge_enabled
+        problems = []
+        if out.target < 1:
+            problems.append("target must be >= 1")
+        if not 1 <= out.n_candidates <= 64:
+            problems.append("n_candidates must be in [1, 64]")
+        for name, sp in (("question_sampling", qs), ("solution_sampling", ss)):
+            if not 0 <= sp.temperature <= 5 or not 0 < sp.top_p <= 1 or not 0 < sp.max_tokens <= 32768:
+                problems.append(f"{name} out of range (temperature [0,5], top_p (0,1], max_tokens [1,32768])")
+        if out.selection_rule not in ("top_reward", "majority_then_reward", "require_agreement"):
+            problems.append(f"unknown selection_rule {out.selection_rule!r}")
+        if out.min_agreement > out.n_candidates and out.selection_rule == "require_agreement":
+            problems.append("min_agreement cannot exceed n_candidates")
+        if out.max_outstanding < 1 or out.shard_max_records < 1 or out.shard_max_seconds <= 0:
+            problems.append("max_outstanding, shard_max_records and shard_max_seconds must be positive")
+        if problems:
+            raise InvalidArgument("invalid run config: " + "; ".join(problems))
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start_run(self, cfg: pb.RunConfig, run_id: str = "") -> str:
+        config = self.resolve_config(cfg)
+        if run_id:
+            if not RUN_ID_RE.match(run_id):
+                raise InvalidArgument("run_id must match [a-z0-9][a-z0-9-]{0,47}")
+            if run_id in self.runs or await kv_get_json(self.kv, state_key(run_id)):
+                raise InvalidArgument(f"run {run_id} already exists")
+        else:
+            run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run = Run(run_id=run_id, config=config)
+        run.writer = ShardWriter(self.store, run_id, writer=self.settings.writer_id)
+        run.manifest = Manifest(run_id=run_id, config=config_to_dict(config))
+        self.runs[run_id] = run
+        await kv_put_json(self.kv, config_key(run_id), config_to_dict(config))
+        await self._save_state(run)
+        await asyncio.to_thread(write_manifest, self.store, run.manifest)
+        self._launch(run)
+        log.info("run started", extra={"run_id": run_id, "target": config.target})
+        return run_id
+
+    def _launch(self, run: Run) -> None:
+        run.tasks = [
+            asyncio.create_task(self._admission_loop(run), name=f"admit-{run.run_id}"),
+            asyncio.create_task(self._flush_loop(run), name=f"flush-{run.run_id}"),
+            asyncio.create_task(self._state_loop(run), name=f"state-{run.run_id}"),
+        ]
+
+    async def resume_runs(self) -> list[str]:
+        """Take over runs left 'running' in KV (coordinator restart): rebuild the dedup set
+        from the shards already written and continue admission from the saved counters."""
+        resumed = []
+        for key in await kv_keys(self.kv, "run."):
+            if not key.endswith(".state"):
+                continue
+            st = await kv_get_json(self.kv, key)
+            if not st or st.get("state") != "running" or st["run_id"] in self.runs:
+                continue
+            run_id = st["run_id"]
+            cfg_d = await kv_get_json(self.kv, config_key(run_id))
+            if cfg_d is None:
+                continue
+            config = ParseDict(cfg_d, pb.RunConfig())
+            run = Run(run_id=run_id, config=config, started_at=st.get("started_at", time.time()))
+            run.admitted = int(st.get("admitted", 0))
+            run.rejections = Counter({tuple(k.split("/", 1)): v for k, v in st.get("rejections", {}).items()})
+            run.writer = await asyncio.to_thread(ShardWriter.resume, self.store, run_id, self.settings.writer_id)
+            run.manifest = await asyncio.to_thread(read_manifest, self.store, run_id) or Manifest(
+                run_id=run_id, config=cfg_d
+            )
+            run.seen = await asyncio.to_thread(existing_item_ids, self.store, run_id)
+            run.accepted = len(run.seen)
+            run.shards = len(run.manifest.shards)
+            run.finished = run.accepted + sum(run.rejections.values())
+            self.runs[run_id] = run
+            self._launch(run)
+            resumed.append(run_id)
+            log.info("run resumed", extra={"run_id": run_id, "accepted": run.accepted})
+        return resumed
+
+    async def cancel_run(self, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            st = await kv_get_json(self.kv, state_key(run_id))
+            if st is None:
+                raise NotFound(f"run {run_id} not found")
+            raise InvalidArgument(f"run {run_id} is {st.get('state')} and not owned by this coordinator")
+        if run.state == "running":
+            await self._finish(run, "cancelled")
+        return run
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> Run:
+        run = self.runs[run_id]
+        await asyncio.wait_for(run.ended.wait(), timeout)
+        return run
+
+    # ------------------------------------------------------------------ admission
+    def _tasks_wanted(self, run: Run) -> int:
+        cfg = run.config
+        needed = cfg.target - run.accepted
+        if needed <= 0:
+            return 0
+        # Acceptance rate so far, with a weak prior of 1/2 so the first tasks go out.
+        rate = (run.accepted + 1) / (run.finished + 2)
+        expected = run.outstanding * rate
+        want = math.ceil((needed - expected) / max(rate, 1e-3))
+        room = cfg.max_outstanding - run.outstanding
+        left = cfg.max_tasks - run.admitted
+        return max(0, min(want, room, left))
+
+    async def _admission_loop(self, run: Run) -> None:
+        try:
+            while run.state == "running":
+                if run.accepted >= run.config.target:
+                    await self._finish(run, "completed")
+                    return
+                if run.admitted >= run.config.max_tasks and run.outstanding <= 0:
+                    await self._finish(run, "exhausted")
+                    return
+                n = self._tasks_wanted(run)
+                if n:
+                    await self._admit(run, n)
+                run.wake.clear()
+                try:
+                    await asyncio.wait_for(run.wake.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("admission loop failed", extra={"run_id": run.run_id})
+            await self._finish(run, "failed")
+
+    async def _admit(self, run: Run, n: int) -> None:
+        futs = []
+        for _ in range(n):
+            index = run.admitted
+            item_id = f"{run.run_id}-{index:07d}"
+            task = pb.GenerateTask(
+                schema_version=SCHEMA,
+                run_id=run.run_id,
+                item_id=item_id,
+                index=index,
+                seed=task_seed(run.config.seed, index),
+                config=run.config,
+            )
+            futs.append(
+                self.js.publish(
+                    subjects.GENERATE.subject, task.SerializeToString(), headers={"Nats-Msg-Id": f"{item_id}.task"}
+                )
+            )
+            run.admitted += 1
+        await asyncio.gather(*futs)
+
+    # ------------------------------------------------------------------ sink
+    async def handle_outcomes(self, outcomes: list[pb.Outcome]) -> list[list[Publish] | BaseException]:
+        """Sink adapter entry: returns once each record is durable (then the worker acks)."""
+        return list(await asyncio.gather(*(self._outcome(o) for o in outcomes), return_exceptions=True))
+
+    async def _outcome(self, o: pb.Outcome) -> list[Publish]:
+        run_id, item_id = item_ids(o)
+        run = self.runs.get(run_id)
+        if run is None:
+            st = await kv_get_json(self.kv, state_key(run_id))
+            if st and st.get("state") == "running":
+                # Owned by a coordinator that is starting up or by another replica: retry later.
+                raise TransientError(f"run {run_id} not loaded here yet", delay=2.0)
+            return []  # outcome of a closed or unknown run: nothing to do
+        if item_id in run.seen:
+            return []  # redelivered outcome: already counted / written
+        run.seen.add(item_id)
+        run.finished += 1
+        run.wake.set()
+        if o.WhichOneof("kind") == "rejection":
+            run.rejections[(o.rejection.stage, o.rejection.reason)] += 1
+            return []
+        if run.state != "running" or run.accepted >= run.config.target:
+            run.rejections[(STAGE, "over_target")] += 1
+            return []
+        run.accepted += 1
+        fut = asyncio.get_running_loop().create_future()
+        if not run.buffer:
+            run.buffer_since = time.monotonic()
+        run.buffer.append((record_row(o.record), item_id, fut))
+        if len(run.buffer) >= run.config.shard_max_records or run.accepted >= run.config.target:
+            asyncio.create_task(self._flush(run))
+        await fut
+        return []
+
+    async def _flush_loop(self, run: Run) -> None:
+        while run.state == "running":
+            await asyncio.sleep(0.2)
+            if run.buffer and time.monotonic() - run.buffer_since >= run.config.shard_max_seconds:
+                await self._flush(run)
+
+    async def _flush(self, run: Run) -> None:
+        """Write the buffered records as one shard; on failure undo their accounting and nak."""
+        async with run.write_lock:
+            if not run.buffer:
+                return
+            cap = run.config.shard_max_records
+            batch, run.buffer = run.buffer[:cap], run.buffer[cap:]
+            run.buffer_since = time.monotonic()
+            rows = [row for row, _, _ in batch]
+            try:
+                info = await asyncio.to_thread(run.writer.write, rows)
+                run.manifest.add_shard(info)
+                run.shards += 1
+                await asyncio.to_thread(write_manifest, self.store, run.manifest)
+            except Exception as e:
+                log.warning("shard write failed, will retry via redelivery: %s", e, extra={"run_id": run.run_id})
+                for _, item_id, fut in batch:
+                    run.seen.discard(item_id)
+                    run.accepted -= 1
+                    run.finished -= 1
+                    if not fut.done():
+                        fut.set_exception(TransientError(f"shard write failed: {e}", delay=5.0))
+                return
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            if len(run.buffer) >= cap:
+                asyncio.create_task(self._flush(run))
+        ann = pb.ShardAnnouncement(
+            run_id=run.run_id, key=info.key, records=info.records, seq=info.seq, store=self.store.url
+        )
+        try:
+            await self.js.publish(
+                subjects.shard_subject(run.run_id),
+                ann.SerializeToString(),
+                headers={"Nats-Msg-Id": f"{run.run_id}.shard.{info.key}"},
+            )
+        except Exception as e:  # the shard is durable and in the manifest; subscribers can list
+            log.warning("shard announcement failed: %s", e, extra={"run_id": run.run_id})
+        log.info("shard written", extra={"run_id": run.run_id, "key": info.key, "records": info.records})
+
+    async def _finish(self, run: Run, state: str) -> None:
+        if run.state != "running":
+            return
+        run.state = state  # stop admitting; outcomes that still arrive are counted as over_target
+        # Records already accepted are written before the end is announced.
+        while run.buffer:
+            await self._flush(run)
+            if run.buffer:
+                await asyncio.sleep(1.0)
+        run.ended_at = time.time()
+        run.manifest.state = state
+        await asyncio.to_thread(write_manifest, self.store, run.manifest)
+        await self._save_state(run)
+        end = pb.RunEnd(
+            run_id=run.run_id,
+            state=state,
+            accepted=run.accepted,
+            shards=run.shards,
+            manifest_key=f"runs/{run.run_id}/manifest.json",
+        )
+        await self.js.publish(
+            subjects.run_end_subject(run.run_id), end.SerializeToString(), headers={"Nats-Msg-Id": f"{run.run_id}.end"}
+        )
+        run.ended.set()
+        for t in run.tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        log.info("run ended", extra={"run_id": run.run_id, "state": state, "accepted": run.accepted})
+
+    # ------------------------------------------------------------------ state
+    async def _state_loop(self, run: Run) -> None:
+        while run.state == "running":
+            await asyncio.sleep(1.0)
+            try:
+                await self._save_state(run)
+            except Exception as e:
+                log.warning("state save failed: %s", e, extra={"run_id": run.run_id})
+
+    async def _save_state(self, run: Run) -> None:
+        st = run.state_dict()
+        await kv_put_json(self.kv, state_key(run.run_id), st)
+        if run.state in CLOSED_STATES:
+            full = await self.status(run.run_id)
+            await asyncio.to_thread(
+                self.store.put_bytes, status_key(run.run_id), json.dumps(full).encode(), "application/json"
+            )
+
+    async def status(self, run_id: str) -> dict:
+        """Run state + summed per-stage counters, as a plain dict (RunStatus fields)."""
+        run = self.runs.get(run_id)
+        st = run.state_dict() if run else await kv_get_json(self.kv, state_key(run_id))
+        if st is None:
+            raise NotFound(f"run {run_id} not found")
+        cfg = config_to_dict(run.config) if run else (await kv_get_json(self.kv, config_key(run_id)) or {})
+        processed: Counter = Counter()
+        tokens: Counter = Counter()
+        for key in await kv_keys(self.kv, f"run.{run_id}.stage."):
+            stage = key.split(".")[3]
+            d = await kv_get_json(self.kv, key) or {}
+            processed[stage] += int(d.get("processed", 0))
+            tokens[stage] += int(d.get("tokens", 0))
+        st = dict(st)
+        st["processed"] = dict(processed)
+        st["tokens"] = dict(tokens)
+        st["target"] = int(cfg.get("target", 0))
+        st["config"] = cfg
+        return st
+
+    async def list_runs(self) -> list[dict]:
+        out = []
+        for key in await kv_keys(self.kv, "run."):
+            if key.endswith(".state"):
+                out.append(await self.status(key.split(".")[1]))
+        return sorted(out, key=lambda s: -s.get("started_at", 0))
+
+    async def close(self) -> None:
+        for run in self.runs.values():
+            for t in run.tasks:
+                t.cancel()
+            try:
+                await self._save_state(run)
+            except Exception:
+                pass
+
+
+def status_to_proto(st: dict):
+    from scalequest.coordinator.v1 import coordinator_pb2 as api
+
+    msg = api.RunStatus(
+        run_id=st["run_id"],
+        state=st["state"],
+        target=int(st.get("target", 0)),
+        admitted=int(st.get("admitted", 0)),
+        finished=int(st.get("finished", 0)),
+        accepted=int(st.get("accepted", 0)),
+        shards=int(st.get("shards", 0)),
+        started_at=float(st.get("started_at", 0)),
+        ended_at=float(st.get("ended_at", 0)),
+    )
+    msg.processed.update(st.get("processed", {}))
+    msg.tokens.update(st.get("tokens", {}))
+    for k, n in sorted(st.get("rejections", {}).items()):
+        stage, reason = k.split("/", 1)
+        msg.rejections.add(stage=stage, reason=reason, count=n)
+    if st.get("config"):
+        ParseDict(st["config"], msg.config, ignore_unknown_fields=True)
+    return msg

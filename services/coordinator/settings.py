@@ -1,0 +1,36 @@
+"""coordinator settings (environment, prefix SQ_). Run defaults reproduce the paper's settings
+(METHOD §3, §5); every field of a StartRun request overrides them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from libs.settings import CommonSettings
+
+
+class CoordinatorSettings(CommonSettings):
+    grpc_port: int = Field(50060, ge=0, le=65535)
+    run_target: int = Field(1000, ge=1, description="Default accepted pairs per run.")
+    run_seed: int = Field(0, ge=0, description="Default run seed.")
+    run_mode: Literal["scratch", "instructed"] = Field("scratch")
+    run_n_candidates: int = Field(5, ge=1, le=64)
+    run_question_temperature: float = Field(1.0, ge=0, le=5)
+    run_question_top_p: float = Field(0.99, gt=0, le=1)
+    run_question_max_tokens: int = Field(512, ge=1, le=32768)
+    run_solution_temperature: float = Field(0.7, ge=0, le=5)
+    run_solution_top_p: float = Field(0.95, gt=0, le=1)
+    run_solution_max_tokens: int = Field(2048, ge=1, le=32768)
+    run_selection_rule: Literal["top_reward", "majority_then_reward", "require_agreement"] = "majority_then_reward"
+    run_min_agreement: int = Field(2, ge=1, le=64)
+    run_judge_enabled: bool = True
+    max_outstanding: int = Field(256, ge=1, le=100000, description="Generation tasks in flight per run.")
+    max_tasks_factor: int = Field(20, ge=1, description="A run gives up after target x factor tasks.")
+    shard_max_records: int = Field(1000, ge=1, description="Records per shard before it is closed.")
+    shard_max_seconds: float = Field(30.0, gt=0, description="Seconds before a non-empty shard is closed.")
+    writer_id: str = Field("w0", pattern=r"^[a-z0-9-]{1,32}$", description="Shard writer name of this replica.")
+    # Defaults for model names recorded in provenance when a StartRun leaves them empty.
+    generator_model: str = Field("", description="Generator model recorded in run configs.")
+    solver_model: str = Field("", description="Solver model recorded in run configs.")
+    judge_model: str = Field("", description="Judge model recorded in run configs.")

@@ -1,0 +1,30 @@
+"""reward entrypoint: gRPC RewardService + worker on scalequest.work.score."""
+
+from __future__ import annotations
+
+from libs.engines.factory import engine_from_settings
+from libs.grpc.server import GrpcServer
+from libs.items import decoder
+from libs.queue import subjects
+from libs.service import Infra, StageService, WorkerSpec
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.reward.v1 import reward_pb2_grpc as api_grpc
+from services.reward.servicer import SERVICE_NAME, RewardServicer
+from services.reward.settings import RewardSettings
+from services.reward.stage import STAGE, RewardStage
+
+Settings = RewardSettings
+
+
+async def build(settings: RewardSettings, infra: Infra, engine=None) -> StageService:
+    if settings.judge_enabled:
+        engine = engine or await engine_from_settings(settings)
+    else:
+        engine = None
+    counters = infra.counters(STAGE)
+    stage = RewardStage(engine, settings, counters=counters, runs=infra.run_states())
+    server = GrpcServer(
+        STAGE, settings, servicers=[(api_grpc.add_RewardServiceServicer_to_server, RewardServicer(stage), SERVICE_NAME)]
+    )
+    spec = WorkerSpec(subjects.SCORE, decoder(pb.SolvedQuestion), stage.handle)
+    return StageService(STAGE, settings, server, infra, spec, counters)

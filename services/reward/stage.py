@@ -1,0 +1,109 @@
+"""reward stage: scores candidates and selects one per question.
+
+Scores: answer agreement (share of candidates with a math-verify-equivalent answer) and a
+generative judge (probability the model assigns to "Yes" when asked whether the solution
+is correct); reward = weighted sum. Consumes ``SolvedQuestion`` (``scalequest.work.score``)
+and produces one ``Outcome`` on ``scalequest.work.sink``: a ``FinalRecord`` or a
+``Rejection`` (``no_answer``, ``insufficient_agreement``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.answers import group_equivalent
+from libs.engines.base import Engine, SamplingSpec
+from libs.items import SCHEMA, rejection
+from libs.queue import subjects
+from libs.queue.worker import Publish
+from libs.runstate import RunStates, StageCounters
+from scalequest.common.v1 import items_pb2 as pb
+from services.filter.stage import yes_no_probs
+from services.reward.selection import Selection, agreement_shares, select
+from services.reward.settings import RewardSettings
+
+STAGE = "reward"
+
+JUDGE_PROMPT = (
+    "Here is a math problem and a proposed solution.\n\nProblem:\n{question}\n\nSolution:\n{solution}\n\n"
+    "Is the solution correct, with the right final answer? Answer Yes or No."
+)
+
+
+class RewardStage:
+    def __init__(
+        self,
+        engine: Engine | None,
+        settings: RewardSettings,
+        *,
+        counters: StageCounters | None = None,
+        runs: RunStates | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.counters = counters
+        self.runs = runs
+
+    @property
+    def scorer(self) -> str:
+        return "agreement+judge" if self.engine is not None and self.settings.judge_enabled else "agreement"
+
+    async def judge_score(self, question: str, solution: str) -> float:
+        """P(Yes) / (P(Yes) + P(No)) of the first answer token; 0.5 when neither is in the top-k."""
+        assert self.engine is not None
+        prompt = self.engine.apply_chat_template(
+            [{"role": "user", "content": JUDGE_PROMPT.format(question=question, solution=solution)}]
+        )
+        out = await self.engine.generate(prompt, SamplingSpec(temperature=0.0, max_tokens=1, seed=0, logprobs=20))
+        c = out.completions[0]
+        p_yes, p_no = yes_no_probs(c.top_logprobs[0] if c.top_logprobs else {})
+        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
+
+    async def score(self, question: str, cands: list[pb.Candidate], rule: str, min_agreement: int) -> tuple[list[pb.Candidate], Selection]:
+        """Fill judge_score, agreement and reward on copies of `cands`, then select."""
+        scored = [pb.Candidate() for _ in cands]
+        for dst, src in zip(scored, cands):
+            dst.CopyFrom(src)
+        labels = await asyncio.to_thread(group_equivalent, [c.answer for c in scored])
+        shares = agreement_shares(labels)
+        if self.engine is not None and self.settings.judge_enabled:
+            judged = await asyncio.gather(*(self.judge_score(question, c.text) for c in scored))
+        else:
+            judged = [0.0] * len(scored)
+        w_j = self.settings.judge_weight if self.engine is not None and self.settings.judge_enabled else 0.0
+        w_a = self.settings.agreement_weight
+        total = (w_j + w_a) or 1.0
+        for c, share, j in zip(scored, shares, judged):
+            c.agreement = share
+            c.judge_score = j
+            c.reward = (w_j * j + w_a * share) / total
+        sel = select(labels, [c.reward for c in scored], rule or self.settings.selection_rule, min_agreement or self.settings.min_agreement)
+        return scored, sel
+
+    async def handle(self, items: list[pb.SolvedQuestion]) -> list[list[Publish] | BaseException]:
+        return list(await asyncio.gather(*(self._one(s) for s in items), return_exceptions=True))
+
+    async def _one(self, s: pb.SolvedQuestion) -> list[Publish]:
+        q = s.question
+        if self.runs and await self.runs.is_closed(q.run_id):
+            return []
+        scored, sel = await self.score(q.text, list(s.candidates), q.config.selection_rule, q.config.min_agreement)
+        if self.counters:
+            self.counters.add(q.run_id, processed=1, tokens=len(scored) if self.scorer != "agreement" else 0,
+                              reason=sel.rejected_reason or None)
+        if sel.index < 0:
+            return [rejection(q.run_id, q.item_id, STAGE, sel.rejected_reason, sel.reason, q.text)]
+        solved = pb.SolvedQuestion()
+        solved.CopyFrom(s)
+        del solved.candidates[:]
+        solved.candidates.extend(scored)
+        record = pb.FinalRecord(
+            schema_version=SCHEMA,
+            solved=solved,
+            selected=sel.index,
+            selection_reason=sel.reason,
+            difficulty=1.0 - sel.agreement,
+            scorer=self.scorer,
+        )
+        out = pb.Outcome(record=record)
+        return [Publish(subjects.SINK.subject, out.SerializeToString(), f"{q.item_id}.outcome")]
