@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 #: Fields promoted to the top level of a line when present (ids first, then the rest).
 CONTEXT_FIELDS = ("run_id", "stage", "item_id")
@@ -33,7 +33,7 @@ SECRET_NAME_PARTS = ("KEY", "SECRET", "PASSWORD", "TOKEN")
 MASK = "***"
 
 _SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sq_log_service", default=None)
-_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("sq_log_context", default={})
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("sq_log_context", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -51,7 +51,7 @@ def log_context(**fields: Any) -> Iterator[None]:
     logged inside the block, in this task and the tasks it creates. Nested blocks merge;
     ``None`` values are dropped."""
     service = fields.pop("service", None)
-    merged = {**_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}}
+    merged = {**(_CONTEXT.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
     token = _CONTEXT.set(merged)
     service_token = _SERVICE.set(service) if service else None
     try:
@@ -69,14 +69,14 @@ def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:
         var.reset(token)
     except ValueError:
         if token.old_value is contextvars.Token.MISSING:
-            var.set(None if var is _SERVICE else {})
+            var.set(None)
         else:
             var.set(token.old_value)
 
 
 def current_log_context() -> dict[str, Any]:
     """The fields :func:`log_context` has bound here (a copy)."""
-    return dict(_CONTEXT.get())
+    return dict(_CONTEXT.get() or {})
 
 
 def _secret_values() -> list[str]:
@@ -114,7 +114,7 @@ class RedactSecretsFilter(logging.Filter):
             return True
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string: let the formatter report it as logging does
+        except (TypeError, ValueError):  # bad format string: the formatter reports it as logging does
             return True
         record.msg, record.args = redact(message, secrets), ()
         if record.exc_info and not record.exc_text:
@@ -131,7 +131,7 @@ class RedactSecretsFilter(logging.Filter):
 
 def _fields(record: logging.LogRecord, default_service: str) -> dict[str, Any]:
     """Context fields and extras of a record; `extra=` wins over log_context."""
-    fields: dict[str, Any] = dict(_CONTEXT.get())
+    fields: dict[str, Any] = dict(_CONTEXT.get() or {})
     for key, value in vars(record).items():
         if key not in _RECORD_ATTRS and not key.startswith("_"):
             fields[key] = value
@@ -199,19 +199,23 @@ class HumanFormatter(logging.Formatter):
         return redact(text)
 
 
-def setup_logging(level: str | int = "INFO", json: bool = True, service: str = "scalequest") -> logging.Handler:
+def setup_logging(
+    level: str | int = "INFO", json: bool = True, service: str = "scalequest", *, stream: TextIO | None = None
+) -> logging.Handler:
     """Configure the root logger for a service process; safe to call more than once.
 
     One stderr handler (JSON lines or human-readable) with the redaction filter replaces
     any handler an earlier call installed; handlers installed by others (pytest's capture)
     are left alone. ``service`` is the default for the ``service`` field; in a process
     hosting several services, ``log_context(service=...)`` overrides it per task.
-    Noisy libraries are set to WARNING unless ``level`` is DEBUG. Returns the handler.
+    Noisy libraries are set to WARNING unless ``level`` is DEBUG. ``stream`` defaults to
+    stderr (tests pass a StringIO). Returns the handler.
     """
-    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
-    if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {level!r}")
-    handler = logging.StreamHandler(sys.stderr)
+    try:
+        numeric = int(logging.getLevelName(level.upper()) if isinstance(level, str) else level)
+    except ValueError:  # getLevelName answers "Level X" for an unknown name
+        raise ValueError(f"unknown log level {level!r}") from None
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(JsonFormatter(service) if json else HumanFormatter(service))
     handler.addFilter(RedactSecretsFilter())

@@ -64,9 +64,11 @@ Closer = Callable[[], Any]  # sync or async, no arguments
 
 
 def _label(obj: Any) -> str:
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    """A short name for log lines: ``Engine.close``, ``load_model``, ``NatsWorker``."""
     owner = getattr(obj, "__self__", None)
-    return f"{type(owner).__qualname__}.{obj.__name__}" if owner is not None else name
+    if owner is not None and hasattr(obj, "__name__"):
+        return f"{type(owner).__name__}.{obj.__name__}"
+    return getattr(obj, "__name__", None) or type(obj).__name__
 
 
 class ServiceRuntime:
@@ -273,11 +275,12 @@ class RuntimeGroup:
                 w.cancel()
 
     async def start(self) -> None:
-        """Start every runtime in order; a shutdown request meanwhile cancels start-up."""
+        """Start every runtime, in list order (no shutdown handling: see run_until_shutdown)."""
         for rt in self.runtimes:
             await rt.start()
 
     async def shutdown(self) -> bool:
+        """Run the shutdown steps across all members; idempotent. True when clean."""
         async with self._lock:
             if self._result is not None:
                 return self._result

@@ -30,7 +30,7 @@ def run_overrides(args) -> dict[str, dict]:
     return {
         "questiongen": dict(engine),
         "filter": {**engine, "judge_max_tokens": args.judge_max_tokens},
-        "solver": {**engine, "answer_fallback": args.answer_fallback},
+        "solver": {**engine, "answer_fallback": args.answer_fallback, "solve_prompt": args.solver_prompt},
         "reward": dict(engine),
         # The sink holds records un-acked until their shard is durable: give it room.
         "coordinator": {"worker_concurrency": 8, "batch_size": 32, "writer_id": "w0"},

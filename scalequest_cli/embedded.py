@@ -64,6 +64,12 @@ async def start_pipeline(
         from libs.engines.registry import close_all
 
         stack.push_async_callback(close_all)
+
+    async def stop_all() -> None:
+        # Concurrently: each worker waits out its open fetch (about a second) before it stops.
+        await asyncio.gather(*(s.stop() for s in reversed(list(pipe.services.values()))))
+
+    stack.push_async_callback(stop_all)
     for name in SERVICES:
         mod = service_module(name)
         settings = load_settings(mod.Settings, **{**common, **overrides.get(name, {})})
@@ -77,6 +83,5 @@ async def start_pipeline(
             eng = eng or engines[key]
         svc = await mod.build(settings, infra, eng)
         await svc.start()
-        stack.push_async_callback(svc.stop)
         pipe.services[name] = svc
     return pipe

@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target", type=_positive("--target"), required=True, help="accepted pairs to produce")
     r.add_argument("--model", default="default", help="model directory ('default' = packaged SmolLM2-135M-Instruct)")
     r.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="inference engine")
-    r.add_argument("--mode", choices=["scratch", "instructed"], default="scratch", help="question sampling mode")
+    # The packaged model is an untuned instruct model: from-scratch sampling needs a QFT-tuned
+    # generator (METHOD §3), so the embedded default asks for problems ("instructed").
+    r.add_argument("--mode", choices=["scratch", "instructed"], default="instructed",
+                   help="question sampling mode (scratch needs a QFT-tuned generator)")
+    r.add_argument("--solver-prompt", choices=["zero_shot", "one_shot"], default="one_shot",
+                   help="one_shot adds a worked example (needed by the tiny default model to write \\boxed{})")
     r.add_argument("--n-candidates", type=_positive("--n-candidates"), default=4)
     r.add_argument("--seed", type=int, default=1234)
     r.add_argument("--question-max-tokens", type=_positive("--question-max-tokens"), default=256)

@@ -75,3 +75,8 @@ class Engine(abc.ABC):
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Render chat messages with the model's own template."""
         raise NotImplementedError
+
+    def stop_strings(self) -> list[str]:  # pragma: no cover - overridden where a tokenizer exists
+        """The template's end-of-turn markers (e.g. ``<|im_end|>``, EOS): what from-scratch
+        generation passes as `SamplingSpec.stop` to end at the close of the user turn."""
+        raise NotImplementedError

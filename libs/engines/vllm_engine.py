@@ -71,6 +71,7 @@ class VLLMEngine(Engine):
         self._kv_cache_gib = kv_cache_gib
         self._engine_kwargs = {**(engine_kwargs or {}), **extra_engine_kwargs}
         self._engine: Any = None
+        self._built: Any = None
         self._tokenizer: Any = None
         self._start_lock: asyncio.Lock | None = None
         self._special_token_ids: dict[str, int] = {}
@@ -96,7 +97,10 @@ class VLLMEngine(Engine):
             started = time.monotonic()
             # Building the engine blocks (spawns the engine core and waits for weights and the
             # KV cache), so it runs in a worker thread; the event loop keeps serving meanwhile.
-            engine = await asyncio.to_thread(self._build)
+            # The thread hands the engine over through an attribute, not a return value: the
+            # executor's future would otherwise keep it referenced past `close()`.
+            await asyncio.to_thread(self._build)
+            engine, self._built = self._built, None
             self._tokenizer = engine.get_tokenizer() if hasattr(engine, "get_tokenizer") else engine.tokenizer
             self._index_special_tokens()
             self._engine = engine
@@ -104,7 +108,7 @@ class VLLMEngine(Engine):
             self.load_seconds = time.monotonic() - started
             log.info("vLLM engine for %s ready in %.1fs", self.model_name, self.load_seconds)
 
-    def _build(self) -> Any:
+    def _build(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
@@ -128,7 +132,7 @@ class VLLMEngine(Engine):
             kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
         kwargs.update(self._engine_kwargs)
         args = AsyncEngineArgs(**kwargs)
-        return AsyncLLM.from_engine_args(args, usage_context=UsageContext.ENGINE_CONTEXT)
+        self._built = AsyncLLM.from_engine_args(args, usage_context=UsageContext.ENGINE_CONTEXT)
 
     def _index_special_tokens(self) -> None:
         tok = self._tokenizer

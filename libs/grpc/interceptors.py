@@ -7,12 +7,15 @@ traceback is logged under that ref and never sent. A status the handler set itse
 (``context.abort``, or ``set_code`` before raising) passes through untouched.
 
 Unary-unary and unary-stream handlers are wrapped (the shapes every scalequest API uses);
+a synchronous unary-unary handler runs in the default executor. Synchronous unary-stream,
 client-streaming and bidi handlers (reflection) pass through unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 import time
@@ -22,8 +25,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
-from libs import errors
-from libs import metrics
+from libs import errors, metrics
 from libs.logging import log_context
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ ERROR_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),  # distinct from asyncio's before 3.11
 )
 
 _DETAILS_LIMIT = 1024  # status details travel in a header; keep them short
@@ -60,7 +63,7 @@ def _method_label(full_method: str) -> str:
 class _Rpc:
     """Bookkeeping for one call: metrics, and turning an exception into a status."""
 
-    __slots__ = ("service", "method", "full_method", "start", "code")
+    __slots__ = ("code", "full_method", "method", "service", "start")
 
     def __init__(self, service: str, full_method: str) -> None:
         self.service = service
@@ -115,6 +118,17 @@ def _context_code(context: aio.ServicerContext) -> grpc.StatusCode | None:
     return code
 
 
+def _in_thread(behavior):
+    """Run a synchronous unary handler in the default executor, as grpc.aio itself would,
+    so its errors are mapped like an async handler's."""
+
+    async def run(request, context):
+        call = functools.partial(contextvars.copy_context().run, behavior, request, context)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    return run
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Maps domain errors to status codes and records ``scalequest_grpc_server_*`` metrics
     (labels: ``service`` slug, ``method`` as ``Service/Method``, ``code``).
@@ -135,9 +149,12 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         full_method = handler_call_details.method
-        if handler.unary_unary is not None and inspect.iscoroutinefunction(handler.unary_unary):
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+            if not inspect.iscoroutinefunction(behavior):
+                behavior = _in_thread(behavior)  # a plain `def` handler (e.g. generated Unimplemented)
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, full_method),
+                self._wrap_unary(behavior, full_method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection

@@ -22,13 +22,17 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger("scalequest.queue")
 
 ENV_BINARY = "SQ_NATS_SERVER"
 LOG_NAME = "nats-server.log"
 
-_live: "weakref.WeakSet[EmbeddedNats]" = weakref.WeakSet()
+_live: weakref.WeakSet[EmbeddedNats] = weakref.WeakSet()
 
 
 class NatsServerNotFound(RuntimeError):
@@ -66,16 +70,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel SIGKILL the server when the parent dies (even on SIGKILL)."""
+def _pdeathsig_preexec():
+    """Linux: a preexec_fn making the kernel SIGKILL the server when its parent dies (even by
+    SIGKILL). libc is loaded here, in the parent, so the child only makes one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    PR_SET_PDEATHSIG = 1
+
+    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+    return preexec
 
 
 class EmbeddedNats:
@@ -129,7 +140,7 @@ class EmbeddedNats:
         return self._proc is not None and self._proc.poll() is None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "EmbeddedNats":
+    def start(self) -> EmbeddedNats:
         if self._closed:
             raise RuntimeError("EmbeddedNats was closed")
         if self.running:
@@ -163,7 +174,7 @@ class EmbeddedNats:
             log.info("stopping nats-server pid %s (%s)", self._proc.pid, "kill" if kill else "term")
         self._terminate(kill=kill, timeout=timeout)
 
-    def restart(self, *, kill: bool = False) -> "EmbeddedNats":
+    def restart(self, *, kill: bool = False) -> EmbeddedNats:
         """Stop and start again on the same port with the same store."""
         self.stop(kill=kill)
         self._fixed_port = True  # clients reconnect to the same URL
@@ -176,7 +187,7 @@ class EmbeddedNats:
         if self._owns_store:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 
-    def __enter__(self) -> "EmbeddedNats":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -184,7 +195,7 @@ class EmbeddedNats:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"EmbeddedNats(url={'nats://%s:%s' % (self.host, self.port)}, store={str(self.store_dir)!r}, {state})"
+        return f"EmbeddedNats(url=nats://{self.host}:{self.port}, store={str(self.store_dir)!r}, {state})"
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -203,7 +214,7 @@ class EmbeddedNats:
             "-sd", str(self.store_dir),
             *self.extra_args,
         ]  # fmt: skip
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 -- held open for the server's lifetime
         self._log_file.write(f"\n=== scalequest: starting {' '.join(args)}\n".encode())
         self._log_file.flush()
         in_main = threading.current_thread() is threading.main_thread()
@@ -213,7 +224,7 @@ class EmbeddedNats:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             # PDEATHSIG fires when the spawning *thread* exits, so only use it from the main thread.
-            preexec_fn=_set_pdeathsig if (in_main and sys.platform.startswith("linux")) else None,
+            preexec_fn=_pdeathsig_preexec() if in_main else None,  # noqa: PLW1509 -- one prctl() call
             start_new_session=not in_main,  # keep terminal signals from reaching it twice
         )
 
@@ -307,7 +318,7 @@ def _jetstream_ready(host: str, port: int, timeout: float = 1.0) -> bool:
                 return False
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return False
             if not chunk:
                 return False
@@ -323,5 +334,5 @@ def _kill_leftovers() -> None:
             srv._terminate(kill=True, timeout=5)
             if srv._owns_store and not srv._closed:
                 shutil.rmtree(srv.store_dir, ignore_errors=True)
-        except Exception:
+        except (OSError, subprocess.SubprocessError):
             pass

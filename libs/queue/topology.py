@@ -15,8 +15,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
@@ -53,20 +52,20 @@ async def connect(url: str | list[str], name: str, **kw: Any) -> tuple[NATS, Jet
     async def closed_cb() -> None:
         log.info("nats[%s]: connection closed", name)
 
-    opts: dict[str, Any] = dict(
-        servers=url,
-        name=name,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        ping_interval=20,
-        max_outstanding_pings=3,
-        error_cb=error_cb,
-        disconnected_cb=disconnected_cb,
-        reconnected_cb=reconnected_cb,
-        closed_cb=closed_cb,
-    )
+    opts: dict[str, Any] = {
+        "servers": url,
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+        "ping_interval": 20,
+        "max_outstanding_pings": 3,
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+        "closed_cb": closed_cb,
+    }
     opts.update(kw)
     nc = await nats.connect(**opts)
     js = nc.jetstream()

@@ -2,8 +2,8 @@
 
 One ``StageWorker`` per stage process. Per fetched batch:
 
-* each message is decoded; a message that does not decode is dead-lettered (``malformed``) and
-  terminated; one delivered more than ``max_deliver`` times (its worker died on the last try) is
+* each message is decoded; a message that does not decode is dead-lettered (``malformed``, or
+  the reason of a ``PoisonMessage`` the decoder raised) and terminated; one delivered more than ``max_deliver`` times (its worker died on the last try) is
   dead-lettered (``max_deliver_exceeded``) without running the handler;
 * the remaining items go to ONE handler call, which returns one entry per item:
   a list of ``Publish`` -> all are published with ``Nats-Msg-Id`` (awaiting the stream's acks),
@@ -23,16 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header
 from nats.js.errors import NotFoundError
 
-from libs.errors import InvalidArgument, PoisonMessage, TransientError
+from libs.errors import InvalidArgument, NotReady, PoisonMessage, TransientError
 from libs.queue import subjects
 from libs.queue.subjects import WorkQueue
 
@@ -78,6 +78,10 @@ class _Work(Generic[T]):
     seq: int
     item_id: str
     settled: bool = field(default=False)
+
+
+# Domain errors the worker maps to nak / dead letter without logging a traceback.
+_EXPECTED = (TransientError, NotReady, PoisonMessage, InvalidArgument)
 
 
 def _header_value(text: str, limit: int = DETAIL_LIMIT) -> str:
@@ -215,7 +219,7 @@ class StageWorker(Generic[T]):
         self._stopping.set()
         if self._tasks:
             log.info("worker %s: stopping (%d batch(es) in flight)", self.stage, self._inflight, extra=self._log_extra)
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             if pending:
                 log.warning(
                     "worker %s: %d fetch loop(s) still busy after %.1fs; cancelling (their messages will be "
@@ -225,12 +229,29 @@ class StageWorker(Generic[T]):
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
         for sub in self._subs:
+            await self._release_buffered(sub)
             try:
                 await sub.unsubscribe()
-            except Exception as e:  # connection already closed: nothing to clean up
+            except Exception as e:  # noqa: BLE001 -- connection already closed: nothing to clean up
                 log.debug("worker %s: unsubscribe: %s", self.stage, _describe(e))
         self._subs.clear()
         log.info("worker %s: stopped %s", self.stage, self._stats, extra=self._log_extra)
+
+    async def _release_buffered(self, sub: Any) -> None:
+        """Nak messages a pull request delivered after the last fetch returned (a race at the
+        request's expiry) so they go to another replica now instead of after ack_wait."""
+        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)  # nats-py internals
+        released = 0
+        while queue is not None and not queue.empty():
+            try:
+                msg = queue.get_nowait()
+                if msg.reply and not (msg.headers and msg.headers.get("Status")):
+                    await msg.nak()
+                    released += 1
+            except Exception:  # noqa: BLE001 -- best effort; they come back after ack_wait anyway
+                break
+        if released:
+            log.info("worker %s: released %d buffered message(s) on stop", self.stage, released, extra=self._log_extra)
 
     # ------------------------------------------------------------------ fetch loop
     async def _loop(self, sub: Any, index: int) -> None:
@@ -243,7 +264,7 @@ class StageWorker(Generic[T]):
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 -- never let the loop die (reconnects, API errors)
                 if self._stopping.is_set():
                     break
                 errors_in_row += 1
@@ -280,20 +301,23 @@ class StageWorker(Generic[T]):
             try:
                 md = msg.metadata
                 deliveries, seq = int(md.num_delivered), int(md.sequence.stream)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 -- not a JetStream message
                 log.error("worker %s: message on %s without JetStream metadata (%s); ignored", self.stage,
                           msg.subject, _describe(e), extra=self._log_extra)  # fmt: skip
                 continue
             if deliveries > self.max_deliver:
                 await self._dead_letter(
                     msg, deliveries, seq, f"seq={seq}", REASON_MAX_DELIVER,
-                    f"delivered {deliveries} times (max_deliver={self.max_deliver}); the previous worker "
-                    "did not settle it (crash or timeout)",
+                    f"delivered {deliveries} times (max_deliver={self.max_deliver}); earlier deliveries were "
+                    "not completed (worker crash, timeout or outputs not stored)",
                 )  # fmt: skip
                 continue
             try:
                 item = self._decode(msg.data)
-            except Exception as e:
+            except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
+                await self._dead_letter(msg, deliveries, seq, f"seq={seq}", e.reason, e.detail)
+                continue
+            except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
                 await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_MALFORMED, _describe(e))
                 continue
             works.append(_Work(msg, item, deliveries, seq, self._id_of(item, seq)))
@@ -303,6 +327,7 @@ class StageWorker(Generic[T]):
         heartbeat = asyncio.create_task(self._heartbeat(works))
         try:
             results: list[Any]
+            batch_error: BaseException | None = None
             try:
                 results = await self._handler([w.item for w in works])
                 if not isinstance(results, (list, tuple)) or len(results) != len(works):
@@ -311,12 +336,12 @@ class StageWorker(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if not isinstance(e, (TransientError, PoisonMessage, InvalidArgument)):
+                if not isinstance(e, _EXPECTED):
                     log.error("worker %s: handler failed on a batch of %d: %s", self.stage, len(works),
                               _describe(e), exc_info=e, extra=self._log_extra)  # fmt: skip
-                results = [e] * len(works)
+                results, batch_error = [e] * len(works), e
             self._stats.batches += 1
-            await asyncio.gather(*(self._settle(w, r) for w, r in zip(works, results)))
+            await asyncio.gather(*(self._settle(w, r, batch_error) for w, r in zip(works, results)))
         finally:
             heartbeat.cancel()
             try:
@@ -333,18 +358,21 @@ class StageWorker(Generic[T]):
                     continue
                 try:
                     await w.msg.in_progress()
-                except Exception as e:  # connection trouble: the next beat may get through
+                except Exception as e:  # noqa: BLE001 -- connection trouble: the next beat may get through
                     log.debug("worker %s: in_progress failed: %s", self.stage, _describe(e), extra=self._log_extra)
 
-    async def _settle(self, w: _Work[T], result: Any) -> None:
+    async def _settle(self, w: _Work[T], result: Any, batch_error: BaseException | None = None) -> None:
         try:
-            if isinstance(result, list) and all(isinstance(p, Publish) for p in result):
-                await self._complete(w, result)
+            if isinstance(result, (list, tuple)) and all(isinstance(p, Publish) for p in result):
+                await self._complete(w, list(result))
             elif isinstance(result, PoisonMessage):
                 await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, result.reason, result.detail)
             elif isinstance(result, InvalidArgument):
                 await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_INVALID, str(result))
             elif isinstance(result, BaseException):
+                if result is not batch_error and not isinstance(result, _EXPECTED):  # unknown: log the traceback
+                    log.error("worker %s: handler failed on item %s: %s", self.stage, w.item_id, _describe(result),
+                              exc_info=result, extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
                 await self._fail(w, result)
             else:
                 await self._fail(w, TypeError(f"handler result for an item must be list[Publish] or an "
@@ -368,7 +396,7 @@ class StageWorker(Generic[T]):
             await w.msg.nak(delay=delay)
             self._stats.naked += 1
             self._emit("nak", item_id=w.item_id, deliveries=w.deliveries, delay=delay, error=why)
-        except Exception as e:  # it comes back after ack_wait anyway
+        except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
             log.warning("worker %s: nak of %s failed: %s", self.stage, w.item_id, _describe(e), extra=self._log_extra)
 
     async def _complete(self, w: _Work[T], outputs: list[Publish]) -> None:
@@ -389,7 +417,7 @@ class StageWorker(Generic[T]):
             return
         try:
             await w.msg.ack_sync(timeout=self.ack_timeout)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- see below
             # Outputs are stored; redelivery would republish them under the same ids (deduplicated).
             log.warning("worker %s: ack of %s not confirmed: %s", self.stage, w.item_id, _describe(e),
                         extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
@@ -426,18 +454,18 @@ class StageWorker(Generic[T]):
         extra = {**self._log_extra, "item_id": item_id}
         try:
             await self._js.publish(self.dlq_subject, msg.data, timeout=self.publish_timeout, headers=headers)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- keep the message: nak instead of term
             log.error("worker %s: could not dead-letter %s (%s): %s; nak", self.stage, item_id, reason,
                       _describe(e), extra=extra)  # fmt: skip
             try:
                 await msg.nak(delay=self.publish_retry_delay)
                 self._stats.naked += 1
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
+                log.debug("worker %s: nak of %s failed: %s", self.stage, item_id, _describe(e), extra=extra)
             return False
         try:
             await msg.term()
-        except Exception as e:  # redelivered later, dead-lettered again under the same msg id
+        except Exception as e:  # noqa: BLE001 -- redelivered later, dead-lettered again under the same id
             log.warning("worker %s: term of %s failed: %s", self.stage, item_id, _describe(e), extra=extra)
         self._stats.dead_lettered += 1
         log.warning("worker %s: dead-lettered %s (%s) after %d deliveries: %s", self.stage, item_id, reason,
@@ -451,7 +479,7 @@ class StageWorker(Generic[T]):
             return f"seq={seq}"
         try:
             return str(self._item_id(item))
-        except Exception:
+        except Exception:  # noqa: BLE001 -- ids are for logs only
             return f"seq={seq}"
 
     def _emit(self, event: str, **fields: Any) -> None:

@@ -19,7 +19,7 @@ Settings = SolverSettings
 async def build(settings: SolverSettings, infra: Infra, engine=None) -> StageService:
     engine = engine or await engine_from_settings(settings)
     counters = infra.counters(STAGE)
-    stage = SolverStage(engine, answer_fallback=settings.answer_fallback, counters=counters, runs=infra.run_states())
+    stage = SolverStage(engine, answer_fallback=settings.answer_fallback, prompt_style=settings.solve_prompt, counters=counters, runs=infra.run_states())
     server = GrpcServer(
         STAGE,
         settings,

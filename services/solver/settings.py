@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from libs.settings import CommonSettings
@@ -17,4 +19,7 @@ class SolverSettings(CommonSettings):
     solve_max_tokens: int = Field(2048, ge=1, le=32768)
     # "last balanced \\boxed{}" only (paper), or also "the answer is N" when no box exists.
     answer_fallback: bool = Field(False, description="Accept 'the answer is N' when no \\boxed{} exists.")
+    solve_prompt: Literal["zero_shot", "one_shot"] = Field(
+        "zero_shot", description="zero_shot = the paper's instruction; one_shot adds a worked example (small models)."
+    )
     max_question_chars: int = Field(16384, ge=1)

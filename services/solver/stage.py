@@ -21,6 +21,31 @@ STAGE = "solver"
 
 SOLVE_INSTRUCTION = "{question}\n\nSolve the problem step by step, and put your final answer within \\boxed{{}}."
 
+# One worked example as a prior chat turn: small models (SmolLM2-135M) rarely write \boxed{}
+# zero-shot (measured: 2 of 24 GSM8K samples) but usually do after one example (17 of 24).
+EXAMPLE_QUESTION = (
+    "Sam has 3 boxes with 4 pencils in each box. He gives away 5 pencils. How many pencils does he have left?"
+)
+EXAMPLE_SOLUTION = (
+    "Sam starts with 3 x 4 = 12 pencils.\nAfter giving away 5 he has 12 - 5 = 7 pencils.\n"
+    "The final answer is \\boxed{7}."
+)
+PROMPT_STYLES = ("zero_shot", "one_shot")
+
+
+def solve_messages(question: str, style: str = "zero_shot") -> list[dict[str, str]]:
+    """Chat messages asking for a step-by-step solution ending in \\boxed{}."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown solver prompt style {style!r}")
+    turn = {"role": "user", "content": SOLVE_INSTRUCTION.format(question=question)}
+    if style == "one_shot":
+        return [
+            {"role": "user", "content": SOLVE_INSTRUCTION.format(question=EXAMPLE_QUESTION)},
+            {"role": "assistant", "content": EXAMPLE_SOLUTION},
+            turn,
+        ]
+    return [turn]
+
 
 class SolverStage:
     def __init__(
@@ -28,16 +53,18 @@ class SolverStage:
         engine: Engine,
         *,
         answer_fallback: bool = False,
+        prompt_style: str = "zero_shot",
         counters: StageCounters | None = None,
         runs: RunStates | None = None,
     ) -> None:
         self.engine = engine
         self.answer_fallback = answer_fallback
+        self.prompt_style = prompt_style
         self.counters = counters
         self.runs = runs
 
     def prompt(self, question: str) -> str:
-        return self.engine.apply_chat_template([{"role": "user", "content": SOLVE_INSTRUCTION.format(question=question)}])
+        return self.engine.apply_chat_template(solve_messages(question, self.prompt_style))
 
     async def solve(self, question: str, n: int, sampling: pb.Sampling, seed: int) -> list[pb.Candidate]:
         """n candidates; candidate i is sampled with seed + i so each one is reproducible."""

@@ -58,6 +58,11 @@ class EchoServicer:
         await asyncio.sleep(int(request) / 1000)
         return b"slept " + request
 
+    def sync_echo(self, request: bytes, context) -> bytes:
+        if request in DOMAIN_ERRORS:
+            raise DOMAIN_ERRORS[request][0]
+        return request
+
     async def stream(self, request: bytes, context: aio.ServicerContext):
         yield b"one"
         yield b"two"
@@ -74,12 +79,13 @@ def add_echo_servicer(servicer: EchoServicer, server: aio.Server) -> None:
         "Echo": grpc.unary_unary_rpc_method_handler(servicer.echo),
         "Sleep": grpc.unary_unary_rpc_method_handler(servicer.sleep),
         "Stream": grpc.unary_stream_rpc_method_handler(servicer.stream),
+        "SyncEcho": grpc.unary_unary_rpc_method_handler(servicer.sync_echo),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, rpcs),))
 
 
 def settings(**kw) -> CommonSettings:
-    base = dict(grpc_host="127.0.0.1", grpc_port=0, grpc_max_message_bytes=64 * 1024, shutdown_grace_seconds=5)
+    base = {"grpc_host": "127.0.0.1", "grpc_port": 0, "grpc_max_message_bytes": 64 * 1024, "shutdown_grace_seconds": 5}
     return CommonSettings(**{**base, **kw})
 
 
@@ -160,7 +166,9 @@ async def test_reflection_resolves_generated_service_descriptors():
     filter_pb2 = pytest.importorskip("scalequest.filter.v1.filter_pb2")
     filter_grpc = pytest.importorskip("scalequest.filter.v1.filter_pb2_grpc")
     from google.protobuf.descriptor_pool import DescriptorPool
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
 
     (svc_desc,) = filter_pb2.DESCRIPTOR.services_by_name.values()
     add_fn = getattr(filter_grpc, f"add_{svc_desc.name}Servicer_to_server")
@@ -179,6 +187,13 @@ async def test_reflection_resolves_generated_service_descriptors():
         services, methods = await asyncio.to_thread(resolve)
         assert svc_desc.full_name in services
         assert methods == [m.name for m in svc_desc.methods]
+
+        # the generated base servicer's synchronous "Unimplemented" handler passes through
+        method = svc_desc.methods[0]
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(aio.AioRpcError) as e:
+                await ch.unary_unary(f"/{svc_desc.full_name}/{method.name}")(b"", timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(0)
 
@@ -205,6 +220,14 @@ async def test_domain_errors_in_server_stream_after_messages(echo_server, payloa
             got.append(message)
     assert got == [b"one", b"two"]
     assert e.value.code() == DOMAIN_ERRORS[payload][1]
+
+
+async def test_sync_handler_errors_are_mapped_too(echo_server):
+    _, _, channel = echo_server
+    assert await call(channel, "SyncEcho")(b"hello", timeout=5) == b"hello"
+    with pytest.raises(aio.AioRpcError) as e:
+        await call(channel, "SyncEcho")(b"notfound", timeout=5)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_unknown_error_is_internal_with_ref_and_traceback_only_in_log(echo_server, caplog):

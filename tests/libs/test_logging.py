@@ -4,6 +4,7 @@ and secret redaction."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 
@@ -29,13 +30,13 @@ def restore_logging():
 
 
 @pytest.fixture
-def json_lines(capsys, restore_logging):
+def json_lines(restore_logging):
     """Set up JSON logging for service `filter`; returns a function reading the lines so far."""
-    setup_logging("INFO", json=True, service="filter")
+    out = io.StringIO()
+    setup_logging("INFO", json=True, service="filter", stream=out)
 
     def read() -> list[dict]:
-        err = capsys.readouterr().err
-        return [json.loads(line) for line in err.splitlines() if line.strip()]
+        return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
     return read
 
@@ -100,32 +101,34 @@ def test_non_json_values_do_not_break_a_line(json_lines):
     assert line["n"] == 1.5 and line["obj"].startswith("<object object")
 
 
-def test_human_readable_format(capsys, restore_logging):
-    setup_logging("INFO", json=False, service="solver")
+def test_human_readable_format(restore_logging):
+    out = io.StringIO()
+    setup_logging("INFO", json=False, service="solver", stream=out)
     logging.getLogger("libs.runtime").info("ready", extra={"run_id": "r-1"})
-    err = capsys.readouterr().err.strip()
+    err = out.getvalue().strip()
     assert " INFO " in err and " solver libs.runtime: ready" in err and err.endswith("run_id=r-1")
     with pytest.raises(json.JSONDecodeError):
         json.loads(err)
 
 
-def test_setup_is_idempotent_and_levels(capsys, restore_logging):
-    setup_logging("INFO", json=True, service="a")
-    handler = setup_logging("WARNING", json=True, service="b")
+def test_setup_is_idempotent_and_levels(restore_logging):
+    out = io.StringIO()
+    setup_logging("INFO", json=True, service="a", stream=out)
+    handler = setup_logging("WARNING", json=True, service="b", stream=out)
     ours = [h for h in logging.getLogger().handlers if getattr(h, "_scalequest_handler", False)]
     assert ours == [handler]
     log = logging.getLogger("t")
     log.info("hidden")
     log.warning("shown")
-    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [x["msg"] for x in lines] == ["shown"] and lines[0]["service"] == "b"
 
 
 def test_noisy_libraries_quieted_unless_debug(restore_logging):
-    setup_logging("INFO", json=True, service="s")
+    setup_logging("INFO", json=True, service="s", stream=io.StringIO())
     for name in ("nats", "grpc", "vllm"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
-    setup_logging("DEBUG", json=True, service="s")
+    setup_logging("DEBUG", json=True, service="s", stream=io.StringIO())
     for name in ("nats", "grpc", "vllm"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.DEBUG
 
@@ -153,11 +156,12 @@ def test_secrets_from_env_are_redacted_everywhere(json_lines, monkeypatch):
     assert lines[3]["msg"] == "flag is true"
 
 
-def test_secrets_redacted_in_human_format(capsys, restore_logging, monkeypatch):
+def test_secrets_redacted_in_human_format(restore_logging, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-0123456789")
-    setup_logging("INFO", json=False, service="s")
+    out = io.StringIO()
+    setup_logging("INFO", json=False, service="s", stream=out)
     logging.getLogger("t").info("calling with sk-live-0123456789")
-    err = capsys.readouterr().err
+    err = out.getvalue()
     assert "sk-live-0123456789" not in err and "calling with ***" in err
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nats.js.errors import NotFoundError
 
-from libs.errors import PoisonMessage, TransientError
+from libs.errors import InvalidArgument, PoisonMessage, TransientError
 from libs.queue import subjects
 from libs.queue.topology import connect, ensure_topology
 from libs.queue.worker import Publish, StageWorker
@@ -167,6 +167,27 @@ async def test_malformed_message_dead_lettered_and_worker_continues(js):
     assert await pending_in(js) == (0, 0)  # terminated, not redelivered
 
 
+async def test_decoder_poison_reason_is_kept(js):
+    def decode(data: bytes) -> dict:
+        obj = json.loads(data)
+        if obj.get("v") != 1:
+            raise PoisonMessage("unknown_schema_version", f"v={obj.get('v')}")
+        return obj
+
+    async def handler(items):
+        return outputs_for(items)
+
+    await js.publish(IN.subject, b'{"id": "v7", "v": 7}')
+    await js.publish(IN.subject, b'{"id": "v1", "v": 1}')
+    w = StageWorker(js, queue=IN, stage=STAGE, decode=decode, handler=handler, fetch_timeout=0.3)
+    await w.start()
+    await wait_until(lambda: w.stats.acked == 1 and w.stats.dead_lettered == 1)
+    await w.stop()
+    [dl] = await stream_msgs(js, subjects.DLQ_STREAM)
+    assert dl.headers[subjects.H_REASON] == "unknown_schema_version"
+    assert dl.headers[subjects.H_DETAIL] == "v=7"
+
+
 async def test_poison_from_handler(js):
     async def handler(items):
         return [PoisonMessage("no_answer", "x" * 5000 + "\r\nend") if it["id"] == "p2" else outputs_for([it])[0]
@@ -250,6 +271,33 @@ async def test_handler_raising_counts_for_every_item(js):
     dls = await stream_msgs(js, subjects.DLQ_STREAM)
     assert sorted(json.loads(m.data)["id"] for m in dls) == ["r1", "r2"]
     assert all("RuntimeError: engine crashed" in m.headers[subjects.H_DETAIL] for m in dls)
+
+
+async def test_invalid_argument_and_bad_results(js):
+    calls = Counter()
+
+    async def handler(items):
+        res = []
+        for it in items:
+            calls[it["id"]] += 1
+            if it["id"] == "i1":
+                res.append(InvalidArgument("no question text"))  # -> dead letter
+            elif calls[it["id"]] == 1:
+                res.append("not a list of Publish")  # a handler bug -> nak, retried
+            else:
+                res.extend(outputs_for([it]))
+        return res
+
+    await publish_inputs(js, ["i1", "i2"])
+    w = make_worker(js, handler)
+    w.retry_delay = 0.1
+    await w.start()
+    await wait_until(lambda: w.stats.acked == 1 and w.stats.dead_lettered == 1)
+    await w.stop()
+    assert calls == {"i1": 1, "i2": 2} and w.stats.naked == 1
+    [dl] = await stream_msgs(js, subjects.DLQ_STREAM)
+    assert dl.headers[subjects.H_REASON] == "invalid_argument"
+    assert "no question text" in dl.headers[subjects.H_DETAIL]
 
 
 async def test_delivery_beyond_max_deliver_dead_lettered_without_handler(js):
@@ -355,6 +403,15 @@ async def test_redelivery_after_worker_killed_mid_batch(nats_server, js):
     ids = [f"k{i}" for i in range(6)]
     await publish_inputs(js, ids)
 
+    seen = Counter()
+    acks = []
+
+    async def handler(items):
+        for it in items:
+            seen[it["id"]] += 1
+        return outputs_for(items)
+
+    w = make_worker(js, handler, ack_wait=ack_wait, on_event=lambda e, f: e == "ack" and acks.append(f))
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, nats_server.url, str(ack_wait),
         cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -365,27 +422,21 @@ async def test_redelivery_after_worker_killed_mid_batch(nats_server, js):
         assert line.startswith(b"HOLDING "), (line, await child.stderr.read())
         held = line.decode().split()[1].split(",")
         assert held
-        # Hold longer than ack_wait: the child's heartbeats keep the messages from redelivery.
+        # A second replica runs alongside. For longer than ack_wait it gets nothing: the child's
+        # heartbeats keep the messages it holds.
+        await w.start()
         await asyncio.sleep(ack_wait * 1.5)
+        assert w.stats.fetched == 6 - len(held)
         assert (await js.consumer_info(IN.stream, IN.consumer)).num_redelivered == 0
+        os.kill(child.pid, signal.SIGKILL)  # dies mid-batch, holding unacked messages
+        await child.wait()
+        assert child.returncode == -signal.SIGKILL
+        await wait_until(lambda: w.stats.acked == len(ids), timeout=ack_wait * 4, what="redelivery")
     finally:
         if child.returncode is None:
             os.kill(child.pid, signal.SIGKILL)
-        await child.wait()
-    assert child.returncode == -signal.SIGKILL
-
-    seen = Counter()
-    acks = []
-
-    async def handler(items):
-        for it in items:
-            seen[it["id"]] += 1
-        return outputs_for(items)
-
-    w = make_worker(js, handler, ack_wait=ack_wait, on_event=lambda e, f: e == "ack" and acks.append(f))
-    await w.start()
-    await wait_until(lambda: w.stats.acked == len(ids), timeout=ack_wait * 4, what="redelivery")
-    await w.stop()
+            await child.wait()
+        await w.stop()
 
     assert seen == Counter({i: 1 for i in ids})
     assert {f["item_id"] for f in acks if f["deliveries"] >= 2} == set(held)
@@ -396,7 +447,7 @@ async def test_redelivery_after_worker_killed_mid_batch(nats_server, js):
 
 
 async def test_heartbeat_keeps_slow_batch_from_redelivery(nats_server, js):
-    ack_wait = 1.0
+    ack_wait = 1.5
     await ensure_topology(js, ack_wait=ack_wait)
     seen = Counter()
 
@@ -479,3 +530,21 @@ async def test_consumer_missing_is_a_clear_error(nats_conn):
     w = make_worker(js, lambda items: None)
     with pytest.raises(RuntimeError, match="ensure_topology"):
         await w.start()
+
+
+async def test_worker_survives_server_restart(nats_server, nats_conn, js):
+    async def handler(items):
+        return outputs_for(items)
+
+    await publish_inputs(js, ["b1"])
+    w = make_worker(js, handler)
+    await w.start()
+    await wait_until(lambda: w.stats.acked == 1)
+    reconnects = nats_conn.stats["reconnects"]
+    nats_server.restart()
+    await wait_until(lambda: nats_conn.stats["reconnects"] > reconnects and nats_conn.is_connected, what="reconnect")
+    await publish_inputs(js, ["b2", "b3"])
+    await wait_until(lambda: w.stats.acked == 3, timeout=15, what="work after restart")
+    assert w.ready
+    await w.stop()
+    assert sorted(json.loads(m.data)["id"] for m in await stream_msgs(js, OUT.stream)) == ["b1", "b2", "b3"]
