@@ -92,7 +92,7 @@ async def cmd_run(args) -> int:
     console.print(summary_table(final, wall))
     if rows:
         console.print(samples_table(rows))
-    console.print(f"records: {store.uri(f'runs/{run_id}/')}")
+    console.print(f"manifest: {store.uri(f'runs/{run_id}/manifest.json')}")
     if args.json:
         from google.protobuf.json_format import MessageToDict
 

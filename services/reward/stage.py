@@ -67,7 +67,10 @@ class RewardStage:
         labels = await asyncio.to_thread(group_equivalent, [c.answer for c in scored])
         shares = agreement_shares(labels)
         if self.engine is not None and self.settings.judge_enabled:
-            judged = await asyncio.gather(*(self.judge_score(question, c.text) for c in scored))
+            # Candidates without an answer can never be selected: don't spend a judge call on them.
+            judged = await asyncio.gather(
+                *(self.judge_score(question, c.text) if c.answer else _zero() for c in scored)
+            )
         else:
             judged = [0.0] * len(scored)
         w_j = self.settings.judge_weight if self.engine is not None and self.settings.judge_enabled else 0.0
@@ -89,7 +92,8 @@ class RewardStage:
             return []
         scored, sel = await self.score(q.text, list(s.candidates), q.config.selection_rule, q.config.min_agreement)
         if self.counters:
-            self.counters.add(q.run_id, processed=1, tokens=len(scored) if self.scorer != "agreement" else 0,
+            judged_n = sum(1 for c in scored if c.answer) if self.scorer != "agreement" else 0
+            self.counters.add(q.run_id, processed=1, tokens=judged_n,
                               reason=sel.rejected_reason or None)
         if sel.index < 0:
             return [rejection(q.run_id, q.item_id, STAGE, sel.rejected_reason, sel.reason, q.text)]
@@ -107,3 +111,7 @@ class RewardStage:
         )
         out = pb.Outcome(record=record)
         return [Publish(subjects.SINK.subject, out.SerializeToString(), f"{q.item_id}.outcome")]
+
+
+async def _zero() -> float:
+    return 0.0

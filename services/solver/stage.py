@@ -1,7 +1,7 @@
 """solver stage: n candidate solutions per question, final answer extracted from each.
 
-Consumes accepted ``Question`` (``scalequest.work.solve``), produces ``SolvedQuestion`` on
-``scalequest.work.score``; a question none of whose candidates has a final answer ends as
+Consumes accepted ``Question`` (``scalequest.work.solve``), produces ``SolvedQuestion`` (all n
+candidates; those without an answer have ``answer == ""``) on ``scalequest.work.score``; a question none of whose candidates has a final answer ends as
 a ``Rejection`` (reason ``no_answer``) on ``scalequest.work.sink``.
 """
 
@@ -94,17 +94,19 @@ class SolverStage:
         if self.runs and await self.runs.is_closed(q.run_id):
             return []
         cands = await self.solve(q.text, max(1, q.config.n_candidates), q.config.solution_sampling, q.seed * 64)
-        kept = [c for c in cands if c.answer]
-        reason = None if kept else "no_answer"
+        answered = sum(1 for c in cands if c.answer)
+        reason = None if answered else "no_answer"
         if self.counters:
             self.counters.add(q.run_id, processed=1, tokens=sum(c.num_tokens for c in cands), reason=reason)
-        if not kept:
+        if not answered:
             return [rejection(q.run_id, q.item_id, STAGE, "no_answer", f"0 of {len(cands)} candidates had a final answer", q.text)]
+        # Candidates without an answer travel on (never selectable) so agreement and difficulty
+        # are shares of all n samples, and the record keeps every sample as provenance.
         solved = pb.SolvedQuestion(
             schema_version=SCHEMA,
             question=q,
             solver_model=self.engine.model_name,
-            candidates=kept,
-            dropped_candidates=len(cands) - len(kept),
+            candidates=cands,
+            dropped_candidates=len(cands) - answered,
         )
         return [forward(subjects.SCORE, solved, q.item_id)]

@@ -1,0 +1,46 @@
+"""CLI user errors: a clear one-line message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).with_name("scalequest"))
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--target", "0"], "--target must be >= 1"),
+        (["run", "--target", "abc"], "--target must be an integer"),
+        (["run"], "--target"),
+        (["run", "--target", "4", "--store", "gs://x"], "--store must be a directory or s3://"),
+        (["serve", "nope"], "invalid choice"),
+        (["export", "r1", "--format", "csv", "--out", "x"], "invalid choice"),
+    ],
+)
+def test_bad_flags(args, needle):
+    p = cli(*args)
+    assert p.returncode == 2
+    assert needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_setting_is_named():
+    p = cli("serve", "filter", env={"SQ_GRPC_PORT": "http"})
+    assert p.returncode == 1
+    assert "SQ_GRPC_PORT='http'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_unknown_run(tmp_path):
+    p = cli("status", "no-such-run", "--store", str(tmp_path))
+    assert p.returncode == 1 and "no-such-run" in p.stderr and "Traceback" not in p.stderr
+    p = cli("export", "no-such-run", "--store", str(tmp_path), "--format", "jsonl", "--out", str(tmp_path / "o"))
+    assert p.returncode == 1 and "no shards" in p.stderr and "Traceback" not in p.stderr
