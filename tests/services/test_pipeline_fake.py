@@ -40,6 +40,8 @@ async def run_pipeline(nats_url: str, store_url: str, target: int, **cfg) -> tup
             run_id = (await stub.StartRun(capi.StartRunRequest(config=config))).run_id
             last = None
             async for st in stub.StreamProgress(capi.StreamProgressRequest(run_id=run_id, interval_seconds=0.2)):
+                # admission is bounded: never more tasks in flight than max_outstanding
+                assert st.admitted - st.finished <= config.max_outstanding
                 last = st
             assert last is not None and last.state == "completed"
             await pipe.flush_counters()

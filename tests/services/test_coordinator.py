@@ -1,0 +1,140 @@
+"""The coordinator's sink against a real nats-server and object store: idempotent writes,
+failure handling, restart recovery and admission bounds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from libs.items import SCHEMA
+from libs.queue import subjects
+from libs.storage.objectstore import LocalStore, StoreError
+from libs.storage.shards import existing_item_ids, list_shards, read_manifest
+from scalequest.common.v1 import items_pb2 as pb
+from services.coordinator.runs import RunManager
+from services.coordinator.settings import CoordinatorSettings
+
+
+def record(run_id: str, i: int) -> pb.Outcome:
+    q = pb.Question(schema_version=SCHEMA, run_id=run_id, item_id=f"{run_id}-{i:07d}", text=f"What is {i} + 1?")
+    solved = pb.SolvedQuestion(
+        schema_version=SCHEMA, question=q, solver_model="m", candidates=[pb.Candidate(text="x", answer=str(i + 1))]
+    )
+    return pb.Outcome(record=pb.FinalRecord(schema_version=SCHEMA, solved=solved, selected=0, selection_reason="t"))
+
+
+def reject(run_id: str, i: int, reason: str = "duplicate") -> pb.Outcome:
+    return pb.Outcome(
+        rejection=pb.Rejection(schema_version=SCHEMA, run_id=run_id, item_id=f"{run_id}-{i:07d}", stage="filter", reason=reason)
+    )
+
+
+async def manager(js, store, **kw) -> RunManager:
+    kv = await js.key_value(subjects.RUNS_BUCKET)
+    return RunManager(CoordinatorSettings(**kw), js, kv, store)
+
+
+async def stop_admission(m: RunManager, run_id: str) -> None:
+    # Tests drive the sink directly: no generation tasks should be admitted.
+    m.runs[run_id].tasks[0].cancel()
+
+
+async def test_outcomes_are_written_once(js, tmp_path):
+    store = LocalStore(tmp_path)
+    m = await manager(js, store)
+    run_id = await m.start_run(pb.RunConfig(target=5, shard_max_records=2, shard_max_seconds=0.3))
+    await stop_admission(m, run_id)
+    outs = [record(run_id, i) for i in range(3)] + [record(run_id, 1), reject(run_id, 9), reject(run_id, 9)]
+    res = await m.handle_outcomes(outs)
+    assert all(r == [] for r in res)
+    await asyncio.sleep(0.6)
+    run = m.runs[run_id]
+    assert run.accepted == 3 and run.finished == 4 and run.rejections[("filter", "duplicate")] == 1
+    assert existing_item_ids(store, run_id) == {f"{run_id}-{i:07d}" for i in range(3)}
+    assert all(s.records <= 2 for s in read_manifest(store, run_id).shards)
+    # shard announcements were published for every shard
+    sub = await js.subscribe(subjects.shard_subject(run_id), stream=subjects.EVENTS_STREAM)
+    anns = [pb.ShardAnnouncement.FromString((await asyncio.wait_for(sub.next_msg(), 5)).data) for _ in list_shards(store, run_id)]
+    assert sum(a.records for a in anns) == 3
+    await m.close()
+
+
+async def test_target_reached_ends_run_and_announces(js, tmp_path):
+    store = LocalStore(tmp_path)
+    m = await manager(js, store)
+    run_id = await m.start_run(pb.RunConfig(target=2, shard_max_records=10, shard_max_seconds=30))
+    await stop_admission(m, run_id)
+    end_sub = await js.subscribe(subjects.run_end_subject(run_id), stream=subjects.EVENTS_STREAM)
+    await m.handle_outcomes([record(run_id, 0), record(run_id, 1)])
+    await m._finish(m.runs[run_id], "completed")  # what the (stopped) admission loop does at target
+    end = pb.RunEnd.FromString((await asyncio.wait_for(end_sub.next_msg(), 5)).data)
+    assert end.state == "completed" and end.accepted == 2
+    # an outcome arriving after the end is counted, not written
+    await m.handle_outcomes([record(run_id, 5)])
+    assert m.runs[run_id].rejections[("coordinator", "over_target")] == 1
+    assert len(existing_item_ids(store, run_id)) == 2
+    assert read_manifest(store, run_id).state == "completed"
+
+
+class FlakyStore(LocalStore):
+    fail = True
+
+    def put_bytes(self, key, data, content_type="application/octet-stream"):
+        if self.fail and "/shards/" in key:
+            raise StoreError("object store unavailable (test)")
+        return super().put_bytes(key, data, content_type)
+
+
+async def test_failed_shard_write_is_retried_not_lost(js, tmp_path):
+    store = FlakyStore(tmp_path)
+    m = await manager(js, store)
+    run_id = await m.start_run(pb.RunConfig(target=10, shard_max_records=2, shard_max_seconds=0.2))
+    await stop_admission(m, run_id)
+    res = await m.handle_outcomes([record(run_id, 0), record(run_id, 1)])
+    assert all(isinstance(r, Exception) for r in res), "inputs must be nak'ed when the shard is not durable"
+    assert m.runs[run_id].accepted == 0 and m.runs[run_id].finished == 0
+    store.fail = False  # redelivery after the outage succeeds
+    res = await m.handle_outcomes([record(run_id, 0), record(run_id, 1)])
+    assert res == [[], []]
+    assert len(existing_item_ids(store, run_id)) == 2
+    await m.close()
+
+
+async def test_restart_resumes_without_duplicates(js, tmp_path):
+    store = LocalStore(tmp_path)
+    m1 = await manager(js, store)
+    run_id = await m1.start_run(pb.RunConfig(target=10, shard_max_records=2, shard_max_seconds=0.2))
+    await stop_admission(m1, run_id)
+    await m1.handle_outcomes([record(run_id, i) for i in range(4)])
+    await m1._save_state(m1.runs[run_id])
+    for t in m1.runs[run_id].tasks:
+        t.cancel()  # the process "dies"
+    m2 = await manager(js, store)
+    assert await m2.resume_runs() == [run_id]
+    await stop_admission(m2, run_id)
+    # redelivered outcomes of already-written records are acknowledged without a second write
+    await m2.handle_outcomes([record(run_id, i) for i in range(6)])
+    await asyncio.sleep(0.5)
+    ids = existing_item_ids(store, run_id)
+    assert len(ids) == 6
+    rows = sum(s.records for s in read_manifest(store, run_id).shards)
+    assert rows == 6
+    await m2.close()
+
+
+@pytest.mark.parametrize("accepted,finished,outstanding,expected_max", [(0, 0, 0, 64), (0, 100, 0, 64)])
+def test_admission_bounds(accepted, finished, outstanding, expected_max):
+    from services.coordinator.runs import Run
+
+    run = Run(run_id="r", config=pb.RunConfig(target=10, max_outstanding=64, max_tasks=1000))
+    run.accepted, run.finished, run.admitted = accepted, finished, finished + outstanding
+    n = RunManager._tasks_wanted(None, run)  # type: ignore[arg-type]
+    assert 0 < n <= expected_max
+    # with 10 outstanding at an observed rate of 1/2, about 10 more are needed, not 64
+    run.accepted, run.finished, run.admitted = 5, 10, 15
+    assert RunManager._tasks_wanted(None, run) == 5  # type: ignore[arg-type]
+    run.admitted = 20  # 10 in flight at rate 1/2 already cover the 5 still needed
+    assert RunManager._tasks_wanted(None, run) == 0  # type: ignore[arg-type]
+    run.accepted = 10
+    assert RunManager._tasks_wanted(None, run) == 0  # type: ignore[arg-type]
