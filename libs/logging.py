@@ -129,11 +129,30 @@ class RedactSecretsFilter(logging.Filter):
         return True
 
 
+_factory_attrs: tuple[object, frozenset[str]] | None = None
+
+
+def _baseline_attrs() -> frozenset[str]:
+    """Attributes every record gets, including those a library's record factory adds to all
+    records (vLLM adds ``vllm_process_name``): those are not the caller's extras."""
+    global _factory_attrs
+    factory = logging.getLogRecordFactory()
+    cached = _factory_attrs
+    if cached is None or cached[0] is not factory:
+        try:
+            probe = frozenset(vars(factory("", 0, "", 0, "", (), None)))
+        except Exception:  # a factory with other needs: fall back to the stdlib set
+            probe = frozenset()
+        cached = _factory_attrs = (factory, _RECORD_ATTRS | probe)
+    return cached[1]
+
+
 def _fields(record: logging.LogRecord, default_service: str) -> dict[str, Any]:
     """Context fields and extras of a record; `extra=` wins over log_context."""
     fields: dict[str, Any] = dict(_CONTEXT.get() or {})
+    baseline = _baseline_attrs()
     for key, value in vars(record).items():
-        if key not in _RECORD_ATTRS and not key.startswith("_"):
+        if key not in baseline and not key.startswith("_"):
             fields[key] = value
     fields["service"] = fields.get("service") or _SERVICE.get() or default_service
     return fields

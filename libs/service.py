@@ -1,14 +1,15 @@
-"""Assembly of one service process part: a gRPC server and a queue worker over one stage.
+"""Assembly of one service: a gRPC server and a queue worker over one stage object, with
+the lifecycle of :class:`libs.runtime.ServiceRuntime`.
 
-``StageService`` owns the ordered lifecycle of a service: start (gRPC up but NOT_SERVING,
-worker pulling, then SERVING) and stop (NOT_SERVING, stop pulling and finish + ack in-flight
-work, stop the gRPC server with a grace period, close resources). The CLI hosts one
-(``scalequest serve``) or all five (``scalequest run``) in one process.
+Start: gRPC bound but NOT_SERVING, queue worker pulling, counters flushing, then SERVING.
+Stop (SIGTERM or a group shutdown): NOT_SERVING, stop pulling and finish + ack in-flight
+work, stop the gRPC server with a grace period, drain NATS, flush counters and close
+resources. The CLI hosts one service (``scalequest serve``) or all five in one process
+(``scalequest run``, through a :class:`libs.runtime.RuntimeGroup`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -16,9 +17,8 @@ from libs.grpc.server import GrpcServer
 from libs.queue.subjects import WorkQueue
 from libs.queue.worker import StageWorker
 from libs.runstate import RunStates, StageCounters
+from libs.runtime import ServiceRuntime
 from libs.storage.objectstore import ObjectStore
-
-log = logging.getLogger("scalequest.service")
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Infra:
 
 @dataclass
 class WorkerSpec:
+    """What the stage consumes: its work queue, how to decode a message, the batch handler."""
+
     queue: WorkQueue
     decode: Callable[[bytes], Any]
     handler: Callable[[list[Any]], Awaitable[list]]
@@ -54,40 +56,49 @@ class StageService:
     counters: StageCounters | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     worker: StageWorker | None = None
-    port: int = 0
+    runtime: ServiceRuntime = field(init=False)
+
+    def __post_init__(self) -> None:
+        rt = ServiceRuntime(self.name, self.settings, self.server)
+        if self.worker_spec is not None and self.settings.worker_enabled:
+            rt.add_startup(self._start_worker, "queue worker")
+        if self.counters is not None:
+            rt.add_startup(self._start_counters, "stage counters")
+            rt.register_closer(self.counters.stop, "stage counters")
+        rt.register_nats(self.infra.nc)
+        for close in self.closers:
+            rt.register_closer(close)
+        self.runtime = rt
+
+    @property
+    def port(self) -> int:
+        return self.runtime.port or 0
+
+    async def _start_worker(self) -> None:
+        s, spec = self.settings, self.worker_spec
+        assert spec is not None
+        self.worker = StageWorker(
+            self.infra.js,
+            queue=spec.queue,
+            stage=self.name,
+            decode=spec.decode,
+            handler=spec.handler,
+            batch_size=s.batch_size,
+            max_deliver=s.max_deliver,
+            ack_wait=s.ack_wait_seconds,
+            concurrency=s.worker_concurrency,
+        )
+        await self.worker.start()
+        self.runtime.register_worker(self.worker)
+
+    async def _start_counters(self) -> None:
+        assert self.counters is not None
+        self.counters.start()
 
     async def start(self) -> int:
-        self.port = await self.server.start()
-        if self.worker_spec is not None and self.settings.worker_enabled:
-            s = self.settings
-            self.worker = StageWorker(
-                self.infra.js,
-                queue=self.worker_spec.queue,
-                stage=self.name,
-                decode=self.worker_spec.decode,
-                handler=self.worker_spec.handler,
-                batch_size=s.batch_size,
-                max_deliver=s.max_deliver,
-                ack_wait=s.ack_wait_seconds,
-                concurrency=s.worker_concurrency,
-            )
-            await self.worker.start()
-        if self.counters is not None:
-            self.counters.start()
-        await self.server.set_serving(True)
-        log.info("service ready", extra={"stage": self.name, "port": self.port})
+        await self.runtime.start()
         return self.port
 
-    async def stop(self) -> None:
-        log.info("stopping: health NOT_SERVING", extra={"stage": self.name})
-        await self.server.set_serving(False)
-        if self.worker is not None:
-            log.info("stopping: queue worker (finish and ack in-flight work)", extra={"stage": self.name})
-            await self.worker.stop()
-        if self.counters is not None:
-            await self.counters.stop()
-        log.info("stopping: gRPC server", extra={"stage": self.name})
-        await self.server.stop(self.settings.shutdown_grace_seconds)
-        for close in self.closers:
-            await close()
-        log.info("stopped", extra={"stage": self.name})
+    async def stop(self) -> bool:
+        """Ordered shutdown (of the whole group when this service belongs to one)."""
+        return await self.runtime.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -120,23 +119,9 @@ async def cmd_serve(service: str) -> int:
     kv = await js.key_value(RUNS_BUCKET)
     store = open_store(settings.store_url) if service == "coordinator" else None
     svc = await mod.build(settings, Infra(nc=nc, js=js, kv=kv, store=store))
-    await svc.start()
-    if settings.metrics_port:
-        from libs.metrics import start_metrics_server
-
-        start_metrics_server(settings.metrics_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("serving", extra={"stage": service, "port": svc.port})
-    await stop.wait()
-    log.info("shutdown requested", extra={"stage": service})
-    await svc.stop()
-    log.info("draining NATS", extra={"stage": service})
-    await nc.drain()
-    await close_all()
-    return 0
+    svc.runtime.register_closer(close_all, "engines")
+    svc.runtime.install_signal_handlers()
+    return await svc.runtime.run_until_shutdown()
 
 
 async def cmd_status(args) -> int:

@@ -16,6 +16,7 @@ from libs.engines.factory import engine_from_settings
 from libs.queue.server import EmbeddedNats
 from libs.queue.subjects import RUNS_BUCKET
 from libs.queue.topology import connect, ensure_topology
+from libs.runtime import RuntimeGroup
 from libs.service import Infra, StageService
 from libs.settings import load_settings
 from libs.storage.objectstore import open_store
@@ -53,7 +54,14 @@ async def start_pipeline(
         log.info("embedded nats-server on %s", nats_url)
     store = await asyncio.to_thread(open_store, store_url)
     nc, js = await connect(nats_url, name="scalequest-embedded")
-    stack.push_async_callback(nc.drain)
+
+    async def close_nc() -> None:
+        # The runtime group drains this connection during shutdown; this only covers a
+        # failure before any service was started.
+        if not (nc.is_closed or nc.is_draining):
+            await nc.drain()
+
+    stack.push_async_callback(close_nc)
     await ensure_topology(js)
     kv = await js.key_value(RUNS_BUCKET)
     infra = Infra(nc=nc, js=js, kv=kv, store=store)
@@ -66,8 +74,10 @@ async def start_pipeline(
         stack.push_async_callback(close_all)
 
     async def stop_all() -> None:
-        # Concurrently: each worker waits out its open fetch (about a second) before it stops.
-        await asyncio.gather(*(s.stop() for s in reversed(list(pipe.services.values()))))
+        # One group: each shutdown step (readiness, workers, gRPC, NATS, resources) runs across
+        # all services before the next, so no connection is drained while a worker still acks.
+        if pipe.services:
+            await RuntimeGroup([s.runtime for s in pipe.services.values()]).shutdown()
 
     stack.push_async_callback(stop_all)
     for name in SERVICES:

@@ -169,3 +169,24 @@ def test_redact_helper(monkeypatch):
     monkeypatch.setenv("MY_API_KEY", "abcd-efgh")
     assert redact("x abcd-efgh y") == "x *** y"
     assert redact("nothing here") == "nothing here"
+
+
+def test_attributes_a_record_factory_adds_to_every_record_are_not_extras(restore_logging):
+    # vLLM installs a record factory that stamps `vllm_process_name` on every record;
+    # that is not something the caller passed and must not clutter each line.
+    old_factory = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = old_factory(*args, **kwargs)
+        record.vllm_process_name = "MainProcess"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        out = io.StringIO()
+        setup_logging("INFO", json=False, service="solver", stream=out)
+        logging.getLogger("libs.runtime").info("ready", extra={"run_id": "r-1"})
+        assert out.getvalue().strip().endswith("  run_id=r-1")
+        assert "vllm_process_name" not in out.getvalue()
+    finally:
+        logging.setLogRecordFactory(old_factory)
