@@ -41,8 +41,8 @@ def item_ids(msg: Message) -> tuple[str, str]:
     if isinstance(msg, pb.FinalRecord):
         return msg.solved.question.run_id, msg.solved.question.item_id
     if isinstance(msg, pb.Outcome):
-        inner = msg.record if msg.WhichOneof("kind") == "record" else msg.rejection
-        return item_ids(inner)
+        kind = msg.WhichOneof("kind")
+        return item_ids(getattr(msg, kind)) if kind else ("", "")
     return getattr(msg, "run_id", ""), getattr(msg, "item_id", "")
 
 

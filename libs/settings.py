@@ -78,7 +78,10 @@ def load_settings(cls: type[S], **overrides: object) -> S:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            field = ".".join(str(p) for p in err.get("loc", ())) or "?"
+            field = ".".join(str(p) for p in err.get("loc", ()))
+            if not field:  # a check across settings: its message names them
+                problems.append(str(err.get("msg", "")).removeprefix("Value error, "))
+                continue
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f"={value!r}"
             problems.append(f"{env_name(cls, field)}{shown}: {err.get('msg')}")

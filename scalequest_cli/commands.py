@@ -26,8 +26,14 @@ log = logging.getLogger("scalequest.cli")
 
 def run_overrides(args) -> dict[str, dict]:
     engine = {"engine": args.engine, "model": args.model}
+    optimizer: dict = {}
+    if getattr(args, "optimizer_base_url", ""):
+        optimizer = {"optimizer_engine": "openai", "optimizer_model": args.optimizer_model,
+                     "optimizer_base_url": args.optimizer_base_url}
+    elif getattr(args, "optimizer_model", ""):
+        optimizer = {"optimizer_engine": args.engine, "optimizer_model": args.optimizer_model}
     return {
-        "questiongen": dict(engine),
+        "questiongen": {**engine, **optimizer},
         "filter": {**engine, "judge_max_tokens": args.judge_max_tokens},
         "solver": {**engine, "answer_fallback": args.answer_fallback, "solve_prompt": args.solver_prompt},
         "reward": dict(engine),
@@ -53,6 +59,9 @@ def run_config(args, model_name: str) -> pb.RunConfig:
         shard_max_records=args.shard_max_records,
         shard_max_seconds=args.shard_max_seconds,
         judge_enabled=not args.no_judge,
+        run_type=pb.RUN_TYPE_QPO if getattr(args, "run_type", "synthesis") == "qpo" else pb.RUN_TYPE_SYNTHESIS,
+        optimizer_model=getattr(args, "optimizer_model", "") or model_name,
+        optimizer_sampling=pb.Sampling(temperature=0.0, top_p=1.0, max_tokens=getattr(args, "optimizer_max_tokens", 512)),
     )
 
 

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the whole pipeline in this process (embedded mode)")
     _common(r)
     r.add_argument("--target", type=_positive("--target"), required=True, help="accepted pairs to produce")
+    r.add_argument("--type", dest="run_type", choices=["synthesis", "qpo"], default="synthesis",
+                   help="synthesis: question-solution pairs; qpo: preference pairs from optimizer rewrites (METHOD §2)")
+    r.add_argument("--optimizer-model", default="",
+                   help="qpo: optimizer model (default: the generator's own engine); with --optimizer-base-url a served model name")
+    r.add_argument("--optimizer-base-url", default="", help="qpo: OpenAI-compatible endpoint serving the optimizer")
+    r.add_argument("--optimizer-max-tokens", type=_positive("--optimizer-max-tokens"), default=512)
     r.add_argument("--model", default="default", help="model directory ('default' = packaged SmolLM2-135M-Instruct)")
     r.add_argument("--engine", choices=["vllm", "fake"], default="vllm", help="inference engine")
     # The packaged model is an untuned instruct model: from-scratch sampling needs a QFT-tuned

@@ -81,6 +81,8 @@ def summary_table(st, wall: float) -> Table:
 
 
 def samples_table(rows: list[dict], k: int = 3) -> Table:
+    if rows and "chosen" in rows[0]:
+        return pairs_table(rows, k)
     t = Table(title="sample records", show_lines=True)
     t.add_column("question", ratio=3)
     t.add_column("answer")
@@ -88,4 +90,15 @@ def samples_table(rows: list[dict], k: int = 3) -> Table:
     t.add_column("selection")
     for r in rows[:k]:
         t.add_row(r["question"][:400], r["answer"][:40], f"{r['agreement']:.2f}", r["selection_reason"][:60])
+    return t
+
+
+def pairs_table(rows: list[dict], k: int = 3) -> Table:
+    """Sample QPO preference pairs: the rewrite goal, the original (rejected) and the rewrite (chosen)."""
+    t = Table(title="sample preference pairs", show_lines=True)
+    t.add_column("goal")
+    t.add_column("rejected (generated)", ratio=1)
+    t.add_column("chosen (rewritten)", ratio=1)
+    for r in rows[:k]:
+        t.add_row(r["goal"], r["rejected"][:300], r["chosen"][:300])
     return t

@@ -2,7 +2,8 @@
 well-behaved model would, deterministically from the sampling seed. Used by orchestration
 tests and benchmarks so the whole pipeline runs at zero model cost, with a known mix of
 outcomes (seed % 10 == 0: non-English question; == 1: an exact duplicate; candidates with
-seed % 4 == 3 answer wrongly).
+seed % 4 == 3 answer wrongly; QPO rewrites: seed % 5 == 0 forgets the marker, == 1 returns
+the problem unchanged, otherwise adds a step).
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from libs.engines.base import SamplingSpec
 from libs.engines.fake import FakeEngine
 
 _NUMS = re.compile(r"(\d+) apples and buys (\d+)")
+_REWRITE = re.compile(r"Problem:\n(.*?)\n\nFirst .*?\"(### Improved problem:)\"", re.DOTALL)
 
 
 def math_responder(prompt: str, params: SamplingSpec, index: int) -> str:
     seed = params.seed or 0
+    m = _REWRITE.search(prompt)
+    if m:  # QPO optimizer
+        problem, marker = m.group(1).strip(), m.group(2)
+        if seed % 5 == 0:
+            return f"The problem is fine as it is.\n{problem} Then he eats 2."
+        if seed % 5 == 1:
+            return f"Nothing needs to change.\n{marker}\n{problem}"
+        return f"It needs one more step.\n{marker}\n{problem.rstrip('?')} after he gives away 1 apple?"
     if "Verdict: Yes" in prompt and "Problem:" in prompt:  # solvability judge
         return "All quantities are given and one number is asked for.\nVerdict: Yes"
     if "Solution:" in prompt and "Answer Yes or No" in prompt:  # generative reward judge

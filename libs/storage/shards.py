@@ -112,6 +112,26 @@ RECORD_SCHEMA = pa.schema(
     metadata={"scalequest.schema_version": SCHEMA_VERSION},
 )
 
+#: QPO preference pairs (METHOD §2), DPO-ready: a trainer reads prompt/chosen/rejected directly.
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("goal", pa.string(), nullable=False),
+        pa.field("generator_model", pa.string()),
+        pa.field("optimizer_model", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("question_sampling", SAMPLING_TYPE),
+        pa.field("optimizer_sampling", SAMPLING_TYPE),
+        pa.field("optimizer_output", pa.string()),
+        pa.field("created_at", pa.float64()),
+    ],
+    metadata={"scalequest.schema_version": SCHEMA_VERSION, "scalequest.kind": "preference_pairs"},
+)
+
 #: Every record passed to :func:`records_to_parquet` must have these keys (value may be None
 #: only where the column is nullable). ``created_at`` may be omitted: it defaults to now.
 REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_SCHEMA if f.name != "created_at")
@@ -126,48 +146,50 @@ _SHARD_RE = re.compile(r"(?P<writer>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<seq>\d{6,})\
 # records <-> parquet
 
 
-def _check_record(i: int, rec: Any, now: float) -> dict[str, Any]:
+def _check_record(i: int, rec: Any, now: float, schema: pa.Schema = RECORD_SCHEMA) -> dict[str, Any]:
     if not isinstance(rec, Mapping):
         raise ValueError(f"record {i} is a {type(rec).__name__}, expected a dict")  # noqa: TRY004
     ident = rec.get("item_id")
     where = f"record {i}" + (f" (item_id={ident!r})" if isinstance(ident, str) else "")
-    for name in REQUIRED_FIELDS:
+    required = REQUIRED_FIELDS if schema is RECORD_SCHEMA else tuple(f.name for f in schema if f.name != "created_at")
+    non_null = _NON_NULL if schema is RECORD_SCHEMA else frozenset(f.name for f in schema if not f.nullable)
+    for name in required:
         if name not in rec:
             raise ValueError(f"{where} is missing required key {name!r}")
-    for name in _NON_NULL:
+    for name in non_null:
         v = rec[name]
         if not isinstance(v, str):
             raise ValueError(f"{where}: key {name!r} must be a str, got {type(v).__name__}")  # noqa: TRY004
     if not rec["item_id"]:
         raise ValueError(f"{where}: key 'item_id' must not be empty")
-    unknown = set(rec) - _ALL_FIELDS
+    unknown = set(rec) - set(schema.names)
     if unknown:
-        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; the shard schema has {RECORD_SCHEMA.names}")
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; the shard schema has {schema.names}")
     out = dict(rec)
     if out.get("created_at") is None:
         out["created_at"] = now
-    if out.get("filter_verdicts") is None:
-        out["filter_verdicts"] = []
-    if out.get("candidates") is None:
-        out["candidates"] = []
+    for name in ("filter_verdicts", "candidates"):
+        if name in schema.names and out.get(name) is None:
+            out[name] = []
     return out
 
 
-def records_to_parquet(records: Iterable[Mapping[str, Any]]) -> bytes:
-    """Serialize records to zstd-compressed Parquet bytes with :data:`RECORD_SCHEMA`.
+def records_to_parquet(records: Iterable[Mapping[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> bytes:
+    """Serialize records to zstd-compressed Parquet bytes with ``schema`` (:data:`RECORD_SCHEMA`
+    for question-solution records, :data:`PAIR_SCHEMA` for QPO pairs).
 
     Raises ``ValueError`` naming the record and key when a required key is missing, a key is
     not in the schema, or a value has the wrong type.
     """
     now = time.time()
-    rows = [_check_record(i, r, now) for i, r in enumerate(records)]
+    rows = [_check_record(i, r, now, schema) for i, r in enumerate(records)]
     try:
-        table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
         # find the offending record for a useful message
         for i, row in enumerate(rows):
             try:
-                pa.Table.from_pylist([row], schema=RECORD_SCHEMA)
+                pa.Table.from_pylist([row], schema=schema)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e1:
                 raise ValueError(f"record {i} (item_id={row.get('item_id')!r}) does not match the shard schema: {e1}") from e
         raise ValueError(f"records do not match the shard schema: {e}") from e
@@ -365,7 +387,9 @@ class ShardWriter:
     content is never overwritten: the writer skips to the next free number.
     """
 
-    def __init__(self, store: ObjectStore, run_id: str, writer: str = "w0", start_seq: int = 0) -> None:
+    def __init__(
+        self, store: ObjectStore, run_id: str, writer: str = "w0", start_seq: int = 0, schema: pa.Schema = RECORD_SCHEMA
+    ) -> None:
         _check_name("run_id", run_id)
         _check_name("writer", writer)
         if isinstance(start_seq, bool) or not isinstance(start_seq, int) or start_seq < 0:
@@ -374,11 +398,12 @@ class ShardWriter:
         self.run_id = run_id
         self.writer = writer
         self.seq = start_seq
+        self.schema = schema
 
     @classmethod
-    def resume(cls, store: ObjectStore, run_id: str, writer: str = "w0") -> ShardWriter:
+    def resume(cls, store: ObjectStore, run_id: str, writer: str = "w0", schema: pa.Schema = RECORD_SCHEMA) -> ShardWriter:
         """A writer that continues after the last shard ``writer`` left in the store."""
-        return cls(store, run_id, writer, start_seq=next_seq(store, run_id, writer))
+        return cls(store, run_id, writer, start_seq=next_seq(store, run_id, writer), schema=schema)
 
     # also reachable as ShardWriter.existing_item_ids(...) / ShardWriter.next_seq(...)
     existing_item_ids = staticmethod(existing_item_ids)
@@ -394,7 +419,7 @@ class ShardWriter:
                 raise ValueError(
                     f"record {r.get('item_id')!r} has run_id {r.get('run_id')!r}, writer is for run {self.run_id!r}"
                 )
-        data = records_to_parquet(records)
+        data = records_to_parquet(records, self.schema)
         ids = sorted(str(r["item_id"]) for r in records)
         while True:
             key = shard_key(self.run_id, self.seq, self.writer)

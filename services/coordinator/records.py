@@ -1,4 +1,5 @@
-"""FinalRecord (protobuf) -> one Parquet row with full provenance."""
+"""Outcomes (protobuf) -> one Parquet row each, with full provenance: ``FinalRecord`` rows for
+synthesis runs, ``PreferencePair`` rows (DPO-ready: prompt, chosen, rejected, goal) for QPO runs."""
 
 from __future__ import annotations
 
@@ -49,5 +50,27 @@ def record_row(rec: pb.FinalRecord) -> dict:
             }
             for c in solved.candidates
         ],
+        "created_at": time.time(),
+    }
+
+
+GOALS = {pb.REWRITE_GOAL_SOLVABILITY: "solvability", pb.REWRITE_GOAL_DIFFICULTY: "difficulty"}
+
+
+def pair_row(pair: pb.PreferencePair) -> dict:
+    cfg = pair.config
+    return {
+        "item_id": pair.item_id,
+        "run_id": pair.run_id,
+        "prompt": pair.prompt,
+        "chosen": pair.chosen,
+        "rejected": pair.rejected,
+        "goal": GOALS.get(pair.goal, "unspecified"),
+        "generator_model": pair.generator_model,
+        "optimizer_model": pair.optimizer_model,
+        "seed": pair.seed,
+        "question_sampling": _sampling(cfg.question_sampling),
+        "optimizer_sampling": _sampling(cfg.optimizer_sampling),
+        "optimizer_output": pair.optimizer_output,
         "created_at": time.time(),
     }

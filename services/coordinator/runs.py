@@ -35,9 +35,9 @@ from libs.queue.kv import kv_get_json, kv_keys, kv_put_json
 from libs.queue.worker import Publish
 from libs.runstate import CLOSED_STATES, config_key, stage_key, state_key
 from libs.storage.objectstore import ObjectStore
-from libs.storage.shards import Manifest, ShardWriter, existing_item_ids, read_manifest, write_manifest
+from libs.storage.shards import PAIR_SCHEMA, RECORD_SCHEMA, Manifest, ShardWriter, existing_item_ids, read_manifest, write_manifest
 from scalequest.common.v1 import items_pb2 as pb
-from services.coordinator.records import record_row
+from services.coordinator.records import pair_row, record_row
 from services.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger("scalequest.coordinator")
@@ -91,6 +91,11 @@ class Run:
         }
 
 
+def shard_schema(cfg: pb.RunConfig):
+    """QPO runs write preference pairs; every other run writes question-solution records."""
+    return PAIR_SCHEMA if cfg.run_type == pb.RUN_TYPE_QPO else RECORD_SCHEMA
+
+
 def config_to_dict(cfg: pb.RunConfig) -> dict:
     return MessageToDict(cfg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
@@ -134,12 +139,22 @@ class RunManager:
         out.shard_max_seconds = out.shard_max_seconds or s.shard_max_seconds
         if not cfg.HasField("judge_enabled"):
             out.judge_enabled = s.run_judge_enabled
+        out.run_type = out.run_type or (pb.RUN_TYPE_QPO if s.run_type == "qpo" else pb.RUN_TYPE_SYNTHESIS)
+        out.optimizer_model = out.optimizer_model or s.optimizer_model or out.generator_model
+        os_ = out.optimizer_sampling
+        if not os_.max_tokens:  # unset: the service defaults (temperature 0 is a real value, so set all three)
+            os_.temperature = s.run_optimizer_temperature
+            os_.top_p = 1.0
+            os_.max_tokens = s.run_optimizer_max_tokens
+        os_.top_p = os_.top_p or 1.0
         problems = []
         if out.target < 1:
             problems.append("target must be >= 1")
         if not 1 <= out.n_candidates <= 64:
             problems.append("n_candidates must be in [1, 64]")
-        for name, sp in (("question_sampling", qs), ("solution_sampling", ss)):
+        if out.run_type not in (pb.RUN_TYPE_SYNTHESIS, pb.RUN_TYPE_QPO):
+            problems.append(f"unknown run_type {out.run_type}")
+        for name, sp in (("question_sampling", qs), ("solution_sampling", ss), ("optimizer_sampling", os_)):
             if not 0 <= sp.temperature <= 5 or not 0 < sp.top_p <= 1 or not 0 < sp.max_tokens <= 32768:
                 problems.append(f"{name} out of range (temperature [0,5], top_p (0,1], max_tokens [1,32768])")
         if out.selection_rule not in ("top_reward", "majority_then_reward", "require_agreement"):
@@ -163,7 +178,7 @@ class RunManager:
         else:
             run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         run = Run(run_id=run_id, config=config)
-        run.writer = ShardWriter(self.store, run_id, writer=self.settings.writer_id)
+        run.writer = ShardWriter(self.store, run_id, writer=self.settings.writer_id, schema=shard_schema(config))
         run.manifest = Manifest(run_id=run_id, config=config_to_dict(config))
         self.runs[run_id] = run
         await kv_put_json(self.kv, config_key(run_id), config_to_dict(config))
@@ -198,7 +213,9 @@ class RunManager:
             run = Run(run_id=run_id, config=config, started_at=st.get("started_at", time.time()))
             run.admitted = int(st.get("admitted", 0))
             run.rejections = Counter({tuple(k.split("/", 1)): v for k, v in st.get("rejections", {}).items()})
-            run.writer = await asyncio.to_thread(ShardWriter.resume, self.store, run_id, self.settings.writer_id)
+            run.writer = await asyncio.to_thread(
+                ShardWriter.resume, self.store, run_id, self.settings.writer_id, shard_schema(run.config)
+            )
             run.manifest = await asyncio.to_thread(read_manifest, self.store, run_id) or Manifest(
                 run_id=run_id, config=cfg_d
             )
@@ -315,7 +332,8 @@ class RunManager:
         fut = asyncio.get_running_loop().create_future()
         if not run.buffer:
             run.buffer_since = time.monotonic()
-        run.buffer.append((record_row(o.record), item_id, fut))
+        row = pair_row(o.pair) if o.WhichOneof("kind") == "pair" else record_row(o.record)
+        run.buffer.append((row, item_id, fut))
         if len(run.buffer) >= run.config.shard_max_records or run.accepted >= run.config.target:
             asyncio.create_task(self._flush(run))
         await fut

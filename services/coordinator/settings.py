@@ -25,6 +25,9 @@ class CoordinatorSettings(CommonSettings):
     run_selection_rule: Literal["top_reward", "majority_then_reward", "require_agreement"] = "majority_then_reward"
     run_min_agreement: int = Field(2, ge=1, le=64)
     run_judge_enabled: bool = True
+    run_type: Literal["synthesis", "qpo"] = Field("synthesis", description="What a run produces by default.")
+    run_optimizer_temperature: float = Field(0.0, ge=0, le=5, description="QPO optimizer temperature (paper: 0).")
+    run_optimizer_max_tokens: int = Field(1024, ge=1, le=32768, description="QPO optimizer output budget.")
     max_outstanding: int = Field(256, ge=1, le=100000, description="Generation tasks in flight per run.")
     max_tasks_factor: int = Field(20, ge=1, description="A run gives up after target x factor tasks.")
     shard_max_records: int = Field(1000, ge=1, description="Records per shard before it is closed.")
@@ -34,3 +37,4 @@ class CoordinatorSettings(CommonSettings):
     generator_model: str = Field("", description="Generator model recorded in run configs.")
     solver_model: str = Field("", description="Solver model recorded in run configs.")
     judge_model: str = Field("", description="Judge model recorded in run configs.")
+    optimizer_model: str = Field("", description="QPO optimizer model recorded in run configs.")

@@ -10,6 +10,7 @@ from libs.service import Infra, StageService, WorkerSpec
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.questiongen.v1 import questiongen_pb2_grpc as api_grpc
 from services.questiongen.servicer import SERVICE_NAME, QuestionGenServicer
+from services.questiongen.rewrite import Rewriter
 from services.questiongen.settings import QuestionGenSettings
 from services.questiongen.stage import STAGE, QuestionGenStage
 
@@ -19,7 +20,12 @@ Settings = QuestionGenSettings
 async def build(settings: QuestionGenSettings, infra: Infra, engine=None) -> StageService:
     engine = engine or await engine_from_settings(settings)
     counters = infra.counters(STAGE)
-    stage = QuestionGenStage(engine, counters=counters, runs=infra.run_states())
+    rewriter = Rewriter(
+        await optimizer_engine(settings, engine),
+        temperature=settings.optimizer_temperature,
+        max_tokens=settings.optimizer_max_tokens,
+    )
+    stage = QuestionGenStage(engine, counters=counters, runs=infra.run_states(), rewriter=rewriter)
     server = GrpcServer(
         STAGE,
         settings,
@@ -27,3 +33,17 @@ async def build(settings: QuestionGenSettings, infra: Infra, engine=None) -> Sta
     )
     spec = WorkerSpec(subjects.GENERATE, decoder(pb.GenerateTask), stage.handle)
     return StageService(STAGE, settings, server, infra, spec, counters)
+
+
+async def optimizer_engine(settings: QuestionGenSettings, generator):
+    """The QPO optimizer: the generator's own engine ("same") or one built from the optimizer_* settings."""
+    if settings.optimizer_engine == "same":
+        return generator
+    opt = settings.model_copy(
+        update={
+            "engine": settings.optimizer_engine,
+            "model": settings.optimizer_model or settings.model,
+            "engine_base_url": settings.optimizer_base_url,
+        }
+    )
+    return await engine_from_settings(opt)

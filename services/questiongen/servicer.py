@@ -10,6 +10,7 @@ from scalequest.common.v1 import items_pb2 as pb
 from scalequest.questiongen.v1 import questiongen_pb2 as api
 from scalequest.questiongen.v1 import questiongen_pb2_grpc as api_grpc
 from services.questiongen.settings import QuestionGenSettings
+from services.questiongen.rewrite import pick_goal
 from services.questiongen.stage import QuestionGenStage
 
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["QuestionGenService"].full_name
@@ -52,5 +53,30 @@ class QuestionGenServicer(api_grpc.QuestionGenServiceServicer):
             questions=[
                 api.GeneratedQuestion(text=s.text, drop_reason=s.drop_reason, num_tokens=s.num_tokens, seed=s.seed)
                 for s in samples
+            ],
+        )
+
+    async def RewriteQuestions(self, request: api.RewriteQuestionsRequest, context) -> api.RewriteQuestionsResponse:
+        n = len(request.questions)
+        if not 1 <= n <= self.settings.gen_max_count:
+            raise InvalidArgument(f"questions must hold 1..{self.settings.gen_max_count} entries, got {n}")
+        empty = [i for i, q in enumerate(request.questions) if not q.strip()]
+        if empty:
+            raise InvalidArgument(f"questions[{empty[0]}] is empty")
+        if request.goal not in (pb.REWRITE_GOAL_UNSPECIFIED, pb.REWRITE_GOAL_SOLVABILITY, pb.REWRITE_GOAL_DIFFICULTY):
+            raise InvalidArgument(f"unknown goal {request.goal}")
+        rewriter = self.stage.rewriter
+        if rewriter is None:
+            raise InvalidArgument("this questiongen has no optimizer engine configured")
+        base = request.seed or random.randrange(1, 2**31 - 1 - n)
+        goals = [request.goal or pick_goal(base + i) for i in range(n)]
+        results = await asyncio.gather(
+            *(rewriter.rewrite(q, g, seed=base + i) for i, (q, g) in enumerate(zip(request.questions, goals)))
+        )
+        return api.RewriteQuestionsResponse(
+            model=rewriter.model_name,
+            rewrites=[
+                api.Rewrite(original=r.original, goal=r.goal, rewritten=r.rewritten, drop_reason=r.drop_reason, output=r.output)
+                for r in results
             ],
         )

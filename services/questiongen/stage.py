@@ -3,6 +3,11 @@
 Consumes ``GenerateTask`` (``scalequest.work.generate``), produces ``Question`` on
 ``scalequest.work.filter``; truncated or empty samples end as a ``Rejection`` outcome on
 ``scalequest.work.sink`` (reasons ``gen_truncated``, ``gen_empty``).
+
+In a QPO run (``RunConfig.run_type = RUN_TYPE_QPO``) the sampled question is rewritten by the
+optimizer model (:mod:`services.questiongen.rewrite`) and the task ends here: a
+``PreferencePair`` outcome on ``scalequest.work.sink``, or a rejection with the rewrite's drop
+reason (``rewrite_no_marker``, ``rewrite_empty``, ``rewrite_unchanged``, ``rewrite_truncated``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
 from scalequest.common.v1 import items_pb2 as pb
+from services.questiongen.rewrite import Rewriter, pick_goal
 
 STAGE = "questiongen"
 
@@ -48,10 +54,18 @@ def clean_question(text: str) -> str:
 
 
 class QuestionGenStage:
-    def __init__(self, engine: Engine, *, counters: StageCounters | None = None, runs: RunStates | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        counters: StageCounters | None = None,
+        runs: RunStates | None = None,
+        rewriter: Rewriter | None = None,
+    ):
         self.engine = engine
         self.counters = counters
         self.runs = runs
+        self.rewriter = rewriter
 
     def prompt(self, mode: int) -> str:
         """Scratch: only the template prefix up to the user's text. Instructed: ask for a problem."""
@@ -84,10 +98,14 @@ class QuestionGenStage:
         if self.runs and await self.runs.is_closed(task.run_id):
             return []
         s = await self.sample(task.config.mode, task.config.question_sampling, task.seed)
-        if self.counters:
-            self.counters.add(task.run_id, processed=1, tokens=s.num_tokens, reason=s.drop_reason or None)
         if s.drop_reason:
+            if self.counters:
+                self.counters.add(task.run_id, processed=1, tokens=s.num_tokens, reason=s.drop_reason)
             return [rejection(task.run_id, task.item_id, STAGE, s.drop_reason, question=s.text)]
+        if task.config.run_type == pb.RUN_TYPE_QPO:
+            return await self._rewrite(task, s)
+        if self.counters:
+            self.counters.add(task.run_id, processed=1, tokens=s.num_tokens)
         q = pb.Question(
             schema_version=SCHEMA,
             run_id=task.run_id,
@@ -99,3 +117,29 @@ class QuestionGenStage:
             num_tokens=s.num_tokens,
         )
         return [forward(subjects.FILTER, q, task.item_id)]
+
+    async def _rewrite(self, task: pb.GenerateTask, s: Sample) -> list[Publish]:
+        """QPO: rewrite the sampled question toward one seeded goal and end the task with a pair."""
+        if self.rewriter is None:
+            raise RuntimeError("QPO run but this questiongen has no optimizer engine")
+        goal = pick_goal(task.seed)
+        r = await self.rewriter.rewrite(s.text, goal, seed=task.seed, sampling=task.config.optimizer_sampling)
+        if self.counters:
+            self.counters.add(task.run_id, processed=1, tokens=s.num_tokens + r.num_tokens, reason=r.drop_reason or None)
+        if r.drop_reason:
+            return [rejection(task.run_id, task.item_id, STAGE, r.drop_reason, r.output[-500:], s.text)]
+        pair = pb.PreferencePair(
+            schema_version=SCHEMA,
+            run_id=task.run_id,
+            item_id=task.item_id,
+            seed=task.seed,
+            config=task.config,
+            prompt=self.prompt(pb.GENERATION_MODE_SCRATCH),
+            chosen=r.rewritten,
+            rejected=s.text,
+            goal=goal,
+            generator_model=self.engine.model_name,
+            optimizer_model=self.rewriter.model_name,
+            optimizer_output=r.output,
+        )
+        return [Publish(subjects.SINK.subject, pb.Outcome(pair=pair).SerializeToString(), f"{task.item_id}.outcome")]

@@ -17,11 +17,29 @@ class GenerationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GENERATION_MODE_UNSPECIFIED: _ClassVar[GenerationMode]
     GENERATION_MODE_SCRATCH: _ClassVar[GenerationMode]
     GENERATION_MODE_INSTRUCTED: _ClassVar[GenerationMode]
+
+class RunType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_TYPE_UNSPECIFIED: _ClassVar[RunType]
+    RUN_TYPE_SYNTHESIS: _ClassVar[RunType]
+    RUN_TYPE_QPO: _ClassVar[RunType]
+
+class RewriteGoal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWRITE_GOAL_UNSPECIFIED: _ClassVar[RewriteGoal]
+    REWRITE_GOAL_SOLVABILITY: _ClassVar[RewriteGoal]
+    REWRITE_GOAL_DIFFICULTY: _ClassVar[RewriteGoal]
 SCHEMA_VERSION_UNSPECIFIED: SchemaVersion
 SCHEMA_VERSION_1: SchemaVersion
 GENERATION_MODE_UNSPECIFIED: GenerationMode
 GENERATION_MODE_SCRATCH: GenerationMode
 GENERATION_MODE_INSTRUCTED: GenerationMode
+RUN_TYPE_UNSPECIFIED: RunType
+RUN_TYPE_SYNTHESIS: RunType
+RUN_TYPE_QPO: RunType
+REWRITE_GOAL_UNSPECIFIED: RewriteGoal
+REWRITE_GOAL_SOLVABILITY: RewriteGoal
+REWRITE_GOAL_DIFFICULTY: RewriteGoal
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_p", "max_tokens")
@@ -34,7 +52,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("target", "seed", "generator_model", "solver_model", "judge_model", "question_sampling", "solution_sampling", "n_candidates", "mode", "selection_rule", "min_agreement", "max_outstanding", "max_tasks", "shard_max_records", "shard_max_seconds", "judge_enabled")
+    __slots__ = ("target", "seed", "generator_model", "solver_model", "judge_model", "question_sampling", "solution_sampling", "n_candidates", "mode", "selection_rule", "min_agreement", "max_outstanding", "max_tasks", "shard_max_records", "shard_max_seconds", "judge_enabled", "run_type", "optimizer_model", "optimizer_sampling")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +69,9 @@ class RunConfig(_message.Message):
     SHARD_MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SHARD_MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     JUDGE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    RUN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     target: int
     seed: int
     generator_model: str
@@ -67,7 +88,10 @@ class RunConfig(_message.Message):
     shard_max_records: int
     shard_max_seconds: float
     judge_enabled: bool
-    def __init__(self, target: _Optional[int] = ..., seed: _Optional[int] = ..., generator_model: _Optional[str] = ..., solver_model: _Optional[str] = ..., judge_model: _Optional[str] = ..., question_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., solution_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., n_candidates: _Optional[int] = ..., mode: _Optional[_Union[GenerationMode, str]] = ..., selection_rule: _Optional[str] = ..., min_agreement: _Optional[int] = ..., max_outstanding: _Optional[int] = ..., max_tasks: _Optional[int] = ..., shard_max_records: _Optional[int] = ..., shard_max_seconds: _Optional[float] = ..., judge_enabled: _Optional[bool] = ...) -> None: ...
+    run_type: RunType
+    optimizer_model: str
+    optimizer_sampling: Sampling
+    def __init__(self, target: _Optional[int] = ..., seed: _Optional[int] = ..., generator_model: _Optional[str] = ..., solver_model: _Optional[str] = ..., judge_model: _Optional[str] = ..., question_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., solution_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., n_candidates: _Optional[int] = ..., mode: _Optional[_Union[GenerationMode, str]] = ..., selection_rule: _Optional[str] = ..., min_agreement: _Optional[int] = ..., max_outstanding: _Optional[int] = ..., max_tasks: _Optional[int] = ..., shard_max_records: _Optional[int] = ..., shard_max_seconds: _Optional[float] = ..., judge_enabled: _Optional[bool] = ..., run_type: _Optional[_Union[RunType, str]] = ..., optimizer_model: _Optional[str] = ..., optimizer_sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class GenerateTask(_message.Message):
     __slots__ = ("schema_version", "run_id", "item_id", "index", "seed", "config")
@@ -187,13 +211,43 @@ class Rejection(_message.Message):
     question: str
     def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., run_id: _Optional[str] = ..., item_id: _Optional[str] = ..., stage: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., question: _Optional[str] = ...) -> None: ...
 
+class PreferencePair(_message.Message):
+    __slots__ = ("schema_version", "run_id", "item_id", "seed", "config", "prompt", "chosen", "rejected", "goal", "generator_model", "optimizer_model", "optimizer_output")
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    schema_version: SchemaVersion
+    run_id: str
+    item_id: str
+    seed: int
+    config: RunConfig
+    prompt: str
+    chosen: str
+    rejected: str
+    goal: RewriteGoal
+    generator_model: str
+    optimizer_model: str
+    optimizer_output: str
+    def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., run_id: _Optional[str] = ..., item_id: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., prompt: _Optional[str] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ..., goal: _Optional[_Union[RewriteGoal, str]] = ..., generator_model: _Optional[str] = ..., optimizer_model: _Optional[str] = ..., optimizer_output: _Optional[str] = ...) -> None: ...
+
 class Outcome(_message.Message):
-    __slots__ = ("record", "rejection")
+    __slots__ = ("record", "rejection", "pair")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     REJECTION_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
     record: FinalRecord
     rejection: Rejection
-    def __init__(self, record: _Optional[_Union[FinalRecord, _Mapping]] = ..., rejection: _Optional[_Union[Rejection, _Mapping]] = ...) -> None: ...
+    pair: PreferencePair
+    def __init__(self, record: _Optional[_Union[FinalRecord, _Mapping]] = ..., rejection: _Optional[_Union[Rejection, _Mapping]] = ..., pair: _Optional[_Union[PreferencePair, _Mapping]] = ...) -> None: ...
 
 class ShardAnnouncement(_message.Message):
     __slots__ = ("run_id", "key", "records", "seq", "store")

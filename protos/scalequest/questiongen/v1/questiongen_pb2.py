@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from scalequest.common.v1 import items_pb2 as scalequest_dot_common_dot_v1_dot_items__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+scalequest/questiongen/v1/questiongen.proto\x12\x19scalequest.questiongen.v1\x1a scalequest/common/v1/items.proto\"\x9d\x01\n\x18GenerateQuestionsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x32\n\x04mode\x18\x02 \x01(\x0e\x32$.scalequest.common.v1.GenerationMode\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.scalequest.common.v1.Sampling\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"X\n\x11GeneratedQuestion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x64rop_reason\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"k\n\x19GenerateQuestionsResponse\x12?\n\tquestions\x18\x01 \x03(\x0b\x32,.scalequest.questiongen.v1.GeneratedQuestion\x12\r\n\x05model\x18\x02 \x01(\t2\x94\x01\n\x12QuestionGenService\x12~\n\x11GenerateQuestions\x12\x33.scalequest.questiongen.v1.GenerateQuestionsRequest\x1a\x34.scalequest.questiongen.v1.GenerateQuestionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+scalequest/questiongen/v1/questiongen.proto\x12\x19scalequest.questiongen.v1\x1a scalequest/common/v1/items.proto\"\x9d\x01\n\x18GenerateQuestionsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x32\n\x04mode\x18\x02 \x01(\x0e\x32$.scalequest.common.v1.GenerationMode\x12\x30\n\x08sampling\x18\x03 \x01(\x0b\x32\x1e.scalequest.common.v1.Sampling\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"X\n\x11GeneratedQuestion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x64rop_reason\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"k\n\x19GenerateQuestionsResponse\x12?\n\tquestions\x18\x01 \x03(\x0b\x32,.scalequest.questiongen.v1.GeneratedQuestion\x12\r\n\x05model\x18\x02 \x01(\t\"k\n\x17RewriteQuestionsRequest\x12\x11\n\tquestions\x18\x01 \x03(\t\x12/\n\x04goal\x18\x02 \x01(\x0e\x32!.scalequest.common.v1.RewriteGoal\x12\x0c\n\x04seed\x18\x03 \x01(\x03\"\x84\x01\n\x07Rewrite\x12\x10\n\x08original\x18\x01 \x01(\t\x12/\n\x04goal\x18\x02 \x01(\x0e\x32!.scalequest.common.v1.RewriteGoal\x12\x11\n\trewritten\x18\x03 \x01(\t\x12\x13\n\x0b\x64rop_reason\x18\x04 \x01(\t\x12\x0e\n\x06output\x18\x05 \x01(\t\"_\n\x18RewriteQuestionsResponse\x12\x34\n\x08rewrites\x18\x01 \x03(\x0b\x32\".scalequest.questiongen.v1.Rewrite\x12\r\n\x05model\x18\x02 \x01(\t2\x91\x02\n\x12QuestionGenService\x12~\n\x11GenerateQuestions\x12\x33.scalequest.questiongen.v1.GenerateQuestionsRequest\x1a\x34.scalequest.questiongen.v1.GenerateQuestionsResponse\x12{\n\x10RewriteQuestions\x12\x32.scalequest.questiongen.v1.RewriteQuestionsRequest\x1a\x33.scalequest.questiongen.v1.RewriteQuestionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEDQUESTION']._serialized_end=356
   _globals['_GENERATEQUESTIONSRESPONSE']._serialized_start=358
   _globals['_GENERATEQUESTIONSRESPONSE']._serialized_end=465
-  _globals['_QUESTIONGENSERVICE']._serialized_start=468
-  _globals['_QUESTIONGENSERVICE']._serialized_end=616
+  _globals['_REWRITEQUESTIONSREQUEST']._serialized_start=467
+  _globals['_REWRITEQUESTIONSREQUEST']._serialized_end=574
+  _globals['_REWRITE']._serialized_start=577
+  _globals['_REWRITE']._serialized_end=709
+  _globals['_REWRITEQUESTIONSRESPONSE']._serialized_start=711
+  _globals['_REWRITEQUESTIONSRESPONSE']._serialized_end=806
+  _globals['_QUESTIONGENSERVICE']._serialized_start=809
+  _globals['_QUESTIONGENSERVICE']._serialized_end=1082
 # @@protoc_insertion_point(module_scope)

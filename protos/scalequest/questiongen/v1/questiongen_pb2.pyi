@@ -38,3 +38,35 @@ class GenerateQuestionsResponse(_message.Message):
     questions: _containers.RepeatedCompositeFieldContainer[GeneratedQuestion]
     model: str
     def __init__(self, questions: _Optional[_Iterable[_Union[GeneratedQuestion, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class RewriteQuestionsRequest(_message.Message):
+    __slots__ = ("questions", "goal", "seed")
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    questions: _containers.RepeatedScalarFieldContainer[str]
+    goal: _items_pb2.RewriteGoal
+    seed: int
+    def __init__(self, questions: _Optional[_Iterable[str]] = ..., goal: _Optional[_Union[_items_pb2.RewriteGoal, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Rewrite(_message.Message):
+    __slots__ = ("original", "goal", "rewritten", "drop_reason", "output")
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    DROP_REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    original: str
+    goal: _items_pb2.RewriteGoal
+    rewritten: str
+    drop_reason: str
+    output: str
+    def __init__(self, original: _Optional[str] = ..., goal: _Optional[_Union[_items_pb2.RewriteGoal, str]] = ..., rewritten: _Optional[str] = ..., drop_reason: _Optional[str] = ..., output: _Optional[str] = ...) -> None: ...
+
+class RewriteQuestionsResponse(_message.Message):
+    __slots__ = ("rewrites", "model")
+    REWRITES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    rewrites: _containers.RepeatedCompositeFieldContainer[Rewrite]
+    model: str
+    def __init__(self, rewrites: _Optional[_Iterable[_Union[Rewrite, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...

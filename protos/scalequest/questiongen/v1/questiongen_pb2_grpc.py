@@ -39,6 +39,11 @@ class QuestionGenServiceStub:
                 request_serializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.GenerateQuestionsRequest.SerializeToString,
                 response_deserializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.GenerateQuestionsResponse.FromString,
                 _registered_method=True)
+        self.RewriteQuestions = channel.unary_unary(
+                '/scalequest.questiongen.v1.QuestionGenService/RewriteQuestions',
+                request_serializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.RewriteQuestionsRequest.SerializeToString,
+                response_deserializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.RewriteQuestionsResponse.FromString,
+                _registered_method=True)
 
 
 class QuestionGenServiceServicer:
@@ -51,6 +56,14 @@ class QuestionGenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RewriteQuestions(self, request, context):
+        """Rewrite questions with the optimizer model for QPO (METHOD §2): one goal per question,
+        the rewrite parsed from after the fixed marker; failed rewrites are reported with a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QuestionGenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_QuestionGenServiceServicer_to_server(servicer, server):
                     servicer.GenerateQuestions,
                     request_deserializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.GenerateQuestionsRequest.FromString,
                     response_serializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.GenerateQuestionsResponse.SerializeToString,
+            ),
+            'RewriteQuestions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RewriteQuestions,
+                    request_deserializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.RewriteQuestionsRequest.FromString,
+                    response_serializer=scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.RewriteQuestionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class QuestionGenService:
             '/scalequest.questiongen.v1.QuestionGenService/GenerateQuestions',
             scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.GenerateQuestionsRequest.SerializeToString,
             scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.GenerateQuestionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewriteQuestions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/scalequest.questiongen.v1.QuestionGenService/RewriteQuestions',
+            scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.RewriteQuestionsRequest.SerializeToString,
+            scalequest_dot_questiongen_dot_v1_dot_questiongen__pb2.RewriteQuestionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
