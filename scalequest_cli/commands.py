@@ -59,6 +59,7 @@ def run_config(args, model_name: str) -> pb.RunConfig:
         shard_max_records=args.shard_max_records,
         shard_max_seconds=args.shard_max_seconds,
         judge_enabled=not args.no_judge,
+        difficulty_keep=getattr(args, "difficulty_keep", ""),
         run_type=pb.RUN_TYPE_QPO if getattr(args, "run_type", "synthesis") == "qpo" else pb.RUN_TYPE_SYNTHESIS,
         optimizer_model=getattr(args, "optimizer_model", "") or model_name,
         optimizer_sampling=pb.Sampling(temperature=0.0, top_p=1.0, max_tokens=getattr(args, "optimizer_max_tokens", 512)),

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--selection-rule", choices=["top_reward", "majority_then_reward", "require_agreement"],
                    default="majority_then_reward")
     r.add_argument("--min-agreement", type=_positive("--min-agreement"), default=2)
+    r.add_argument("--difficulty-keep", default="",
+                   help="target difficulty mix UPPER:KEEP,... (e.g. 0:0.5 keeps half of the questions all candidates agreed on)")
     r.add_argument("--answer-fallback", action="store_true", help="accept 'the answer is N' when no \\boxed{}")
     r.add_argument("--max-outstanding", type=_positive("--max-outstanding"), default=32)
     r.add_argument("--shard-max-records", type=_positive("--shard-max-records"), default=8)

@@ -12,6 +12,7 @@ from libs.storage.objectstore import (
 )
 from libs.storage.shards import (
     RECORD_SCHEMA,
+    OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
     Manifest,
     ShardInfo,
@@ -32,6 +33,7 @@ from libs.storage.shards import (
 __all__ = [
     "DEFAULT_S3_ENDPOINT",
     "RECORD_SCHEMA",
+    "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
     "LocalStore",
     "Manifest",

@@ -36,6 +36,7 @@ __all__ = [
     "CANDIDATE_TYPE",
     "FILTER_VERDICT_TYPE",
     "RECORD_SCHEMA",
+    "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
     "SAMPLING_TYPE",
     "SCHEMA_VERSION",
@@ -95,6 +96,11 @@ RECORD_SCHEMA = pa.schema(
         pa.field("solution", pa.string(), nullable=False),
         pa.field("answer", pa.string()),
         pa.field("difficulty", pa.float32()),
+        # candidates with a final answer, and distinct (math-verify) answers among them
+        pa.field("answered", pa.int32()),
+        pa.field("distinct_answers", pa.int32()),
+        # the filter's learned difficulty score (null when no scorer ran)
+        pa.field("predicted_difficulty", pa.float32()),
         pa.field("agreement", pa.float32()),
         pa.field("selection_reason", pa.string()),
         pa.field("scorer", pa.string()),
@@ -134,7 +140,10 @@ PAIR_SCHEMA = pa.schema(
 
 #: Every record passed to :func:`records_to_parquet` must have these keys (value may be None
 #: only where the column is nullable). ``created_at`` may be omitted: it defaults to now.
-REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_SCHEMA if f.name != "created_at")
+#: Columns added after the first release: absent keys are written as null, so records built
+#: by older producers (and hand-made ones) still load.
+OPTIONAL_FIELDS = frozenset({"created_at", "answered", "distinct_answers", "predicted_difficulty"})
+REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_SCHEMA if f.name not in OPTIONAL_FIELDS)
 _NON_NULL = frozenset(f.name for f in RECORD_SCHEMA if not f.nullable)
 _ALL_FIELDS = frozenset(RECORD_SCHEMA.names)
 
@@ -151,7 +160,7 @@ def _check_record(i: int, rec: Any, now: float, schema: pa.Schema = RECORD_SCHEM
         raise ValueError(f"record {i} is a {type(rec).__name__}, expected a dict")  # noqa: TRY004
     ident = rec.get("item_id")
     where = f"record {i}" + (f" (item_id={ident!r})" if isinstance(ident, str) else "")
-    required = REQUIRED_FIELDS if schema is RECORD_SCHEMA else tuple(f.name for f in schema if f.name != "created_at")
+    required = REQUIRED_FIELDS if schema is RECORD_SCHEMA else tuple(f.name for f in schema if f.name not in OPTIONAL_FIELDS)
     non_null = _NON_NULL if schema is RECORD_SCHEMA else frozenset(f.name for f in schema if not f.nullable)
     for name in required:
         if name not in rec:

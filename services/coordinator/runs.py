@@ -37,6 +37,7 @@ from libs.runstate import CLOSED_STATES, config_key, stage_key, state_key
 from libs.storage.objectstore import ObjectStore
 from libs.storage.shards import PAIR_SCHEMA, RECORD_SCHEMA, Manifest, ShardWriter, existing_item_ids, read_manifest, write_manifest
 from scalequest.common.v1 import items_pb2 as pb
+from services.reward.difficulty import parse_keep
 from services.coordinator.records import pair_row, record_row
 from services.coordinator.settings import CoordinatorSettings
 
@@ -152,6 +153,10 @@ class RunManager:
             problems.append("target must be >= 1")
         if not 1 <= out.n_candidates <= 64:
             problems.append("n_candidates must be in [1, 64]")
+        try:
+            parse_keep(out.difficulty_keep)
+        except ValueError as e:
+            problems.append(f"difficulty_keep: {e}")
         if out.run_type not in (pb.RUN_TYPE_SYNTHESIS, pb.RUN_TYPE_QPO):
             problems.append(f"unknown run_type {out.run_type}")
         for name, sp in (("question_sampling", qs), ("solution_sampling", ss), ("optimizer_sampling", os_)):

@@ -21,6 +21,8 @@ class Selection:
     reason: str
     agreement: float  # share of candidates agreeing with the selected answer
     rejected_reason: str = ""  # machine-readable reason when index == -1
+    answered: int = 0  # candidates with a final answer
+    distinct_answers: int = 0  # equivalence classes among them
 
 
 def agreement_shares(labels: list[int]) -> list[float]:
@@ -31,6 +33,13 @@ def agreement_shares(labels: list[int]) -> list[float]:
 
 def select(labels: list[int], rewards: list[float], rule: str, min_agreement: int = 2) -> Selection:
     """Pick one candidate. `labels` are answer-equivalence classes (-1 = no answer)."""
+    sel = _select(labels, rewards, rule, min_agreement)
+    sel.answered = sum(1 for lab in labels if lab >= 0)
+    sel.distinct_answers = len({lab for lab in labels if lab >= 0})
+    return sel
+
+
+def _select(labels: list[int], rewards: list[float], rule: str, min_agreement: int) -> Selection:
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; expected one of {', '.join(RULES)}")
     n = len(labels)

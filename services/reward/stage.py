@@ -19,6 +19,7 @@ from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
 from scalequest.common.v1 import items_pb2 as pb
 from services.filter.stage import yes_no_probs
+from services.reward.difficulty import KeepBin, keep_for_mix, parse_keep
 from services.reward.selection import Selection, agreement_shares, select
 from services.reward.settings import RewardSettings
 
@@ -43,6 +44,14 @@ class RewardStage:
         self.settings = settings
         self.counters = counters
         self.runs = runs
+        self._bins: dict[str, tuple[KeepBin, ...]] = {}
+
+    def keep_bins(self, run_spec: str) -> tuple[KeepBin, ...]:
+        """The run's target difficulty mix, else the service default (validated at start-up)."""
+        spec = run_spec or self.settings.difficulty_keep
+        if spec not in self._bins:
+            self._bins[spec] = parse_keep(spec)
+        return self._bins[spec]
 
     @property
     def scorer(self) -> str:
@@ -91,6 +100,10 @@ class RewardStage:
         if self.runs and await self.runs.is_closed(q.run_id):
             return []
         scored, sel = await self.score(q.text, list(s.candidates), q.config.selection_rule, q.config.min_agreement)
+        difficulty = 1.0 - sel.agreement  # fail rate: candidates not agreeing with the selected answer
+        if sel.index >= 0 and not keep_for_mix(q.item_id, difficulty, self.keep_bins(q.config.difficulty_keep)):
+            sel.index, sel.rejected_reason = -1, "difficulty_mix"
+            sel.reason = f"difficulty {difficulty:.2f} dropped by the target mix"
         if self.counters:
             judged_n = sum(1 for c in scored if c.answer) if self.scorer != "agreement" else 0
             self.counters.add(q.run_id, processed=1, tokens=judged_n,
@@ -106,8 +119,10 @@ class RewardStage:
             solved=solved,
             selected=sel.index,
             selection_reason=sel.reason,
-            difficulty=1.0 - sel.agreement,
+            difficulty=difficulty,
             scorer=self.scorer,
+            answered=sel.answered,
+            distinct_answers=sel.distinct_answers,
         )
         out = pb.Outcome(record=record)
         return [Publish(subjects.SINK.subject, out.SerializeToString(), f"{q.item_id}.outcome")]

@@ -13,6 +13,7 @@ import pytest
 
 from libs.storage import (
     RECORD_SCHEMA,
+    OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
     LocalStore,
     Manifest,
@@ -42,6 +43,9 @@ def make_record(i: int, run_id: str = "run1", n_candidates: int = 2) -> dict[str
         "solution": f"{i} + {i} = {2 * i}. The answer is \\boxed{{{2 * i}}}.",
         "answer": str(2 * i),
         "difficulty": 0.25,
+        "answered": 4,
+        "distinct_answers": 2,
+        "predicted_difficulty": 0.5,
         "agreement": 0.75,
         "selection_reason": "majority",
         "scorer": "agreement",
@@ -83,13 +87,21 @@ def test_roundtrip_exact() -> None:
     assert parquet_to_records(data) == recs
 
 
+def test_optional_columns_may_be_absent() -> None:
+    rec = make_record(1)
+    for name in ("answered", "distinct_answers", "predicted_difficulty"):
+        del rec[name]
+    (back,) = parquet_to_records(records_to_parquet([rec]))
+    assert back["answered"] is None and back["predicted_difficulty"] is None and back["question"] == rec["question"]
+
+
 def test_parquet_schema_and_compression() -> None:
     data = records_to_parquet([make_record(0)])
     pf = pq.ParquetFile(io.BytesIO(data))
     assert pf.schema_arrow.equals(RECORD_SCHEMA)
     assert pf.schema_arrow.metadata[b"scalequest.schema_version"] == b"1"
     assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
-    assert set(REQUIRED_FIELDS) == set(RECORD_SCHEMA.names) - {"created_at"}
+    assert set(REQUIRED_FIELDS) == set(RECORD_SCHEMA.names) - OPTIONAL_FIELDS
 
 
 def test_optional_values_default() -> None:

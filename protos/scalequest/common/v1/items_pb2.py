@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n scalequest/common/v1/items.proto\x12\x14scalequest.common.v1\"B\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\"\xf2\x04\n\tRunConfig\x12\x0e\n\x06target\x18\x01 \x01(\x03\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\x17\n\x0fgenerator_model\x18\x03 \x01(\t\x12\x14\n\x0csolver_model\x18\x04 \x01(\t\x12\x13\n\x0bjudge_model\x18\x05 \x01(\t\x12\x39\n\x11question_sampling\x18\x06 \x01(\x0b\x32\x1e.scalequest.common.v1.Sampling\x12\x39\n\x11solution_sampling\x18\x07 \x01(\x0b\x32\x1e.scalequest.common.v1.Sampling\x12\x14\n\x0cn_candidates\x18\x08 \x01(\x05\x12\x32\n\x04mode\x18\t \x01(\x0e\x32$.scalequest.common.v1.GenerationMode\x12\x16\n\x0eselection_rule\x18\n \x01(\t\x12\x15\n\rmin_agreement\x18\x0b \x01(\x05\x12\x17\n\x0fmax_outstanding\x18\x0c \x01(\x05\x12\x11\n\tmax_tasks\x18\r \x01(\x03\x12\x19\n\x11shard_max_records\x18\x0e \x01(\x05\x12\x19\n\x11shard_max_seconds\x18\x0f \x01(\x02\x12\x1a\n\rjudge_enabled\x18\x10 \x01(\x08H\x00\x88\x01\x01\x12/\n\x08run_type\x18\x11 \x01(\x0e\x32\x1d.scalequest.common.v1.RunType\x12\x17\n\x0foptimizer_model\x18\x12 \x01(\t\x12:\n\x12optimizer_sampling\x18\x13 \x01(\x0b\x32\x1e.scalequest.common.v1.SamplingB\x10\n\x0e_judge_enabled\"\xba\x01\n\x0cGenerateTask\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12/\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x1f.scalequest.common.v1.RunConfig\"N\n\rFilterVerdict\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x99\x02\n\x08Question\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12/\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1f.scalequest.common.v1.RunConfig\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x17\n\x0fgenerator_model\x18\x07 \x01(\t\x12\x12\n\nnum_tokens\x18\x08 \x01(\x05\x12\x35\n\x08verdicts\x18\t \x03(\x0b\x32#.scalequest.common.v1.FilterVerdict\"\x9a\x01\n\tCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bjudge_score\x18\x05 \x01(\x02\x12\x11\n\tagreement\x18\x06 \x01(\x02\x12\x0e\n\x06reward\x18\x07 \x01(\x02\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"\xe6\x01\n\x0eSolvedQuestion\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x30\n\x08question\x18\x02 \x01(\x0b\x32\x1e.scalequest.common.v1.Question\x12\x14\n\x0csolver_model\x18\x03 \x01(\t\x12\x33\n\ncandidates\x18\x04 \x03(\x0b\x32\x1f.scalequest.common.v1.Candidate\x12\x1a\n\x12\x64ropped_candidates\x18\x05 \x01(\x05\"\xd0\x01\n\x0b\x46inalRecord\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x34\n\x06solved\x18\x02 \x01(\x0b\x32$.scalequest.common.v1.SolvedQuestion\x12\x10\n\x08selected\x18\x03 \x01(\x05\x12\x18\n\x10selection_reason\x18\x04 \x01(\t\x12\x12\n\ndifficulty\x18\x05 \x01(\x02\x12\x0e\n\x06scorer\x18\x06 \x01(\t\"\xaa\x01\n\tRejection\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x10\n\x08question\x18\x07 \x01(\t\"\xdc\x02\n\x0ePreferencePair\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12/\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1f.scalequest.common.v1.RunConfig\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x07 \x01(\t\x12\x10\n\x08rejected\x18\x08 \x01(\t\x12/\n\x04goal\x18\t \x01(\x0e\x32!.scalequest.common.v1.RewriteGoal\x12\x17\n\x0fgenerator_model\x18\n \x01(\t\x12\x17\n\x0foptimizer_model\x18\x0b \x01(\t\x12\x18\n\x10optimizer_output\x18\x0c \x01(\t\"\xb2\x01\n\x07Outcome\x12\x33\n\x06record\x18\x01 \x01(\x0b\x32!.scalequest.common.v1.FinalRecordH\x00\x12\x34\n\trejection\x18\x02 \x01(\x0b\x32\x1f.scalequest.common.v1.RejectionH\x00\x12\x34\n\x04pair\x18\x03 \x01(\x0b\x32$.scalequest.common.v1.PreferencePairH\x00\x42\x06\n\x04kind\"]\n\x11ShardAnnouncement\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12\r\n\x05store\x18\x05 \x01(\t\"_\n\x06RunEnd\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x03\x12\x0e\n\x06shards\x18\x04 \x01(\x03\x12\x14\n\x0cmanifest_key\x18\x05 \x01(\t*E\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x14\n\x10SCHEMA_VERSION_1\x10\x01*n\n\x0eGenerationMode\x12\x1f\n\x1bGENERATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17GENERATION_MODE_SCRATCH\x10\x01\x12\x1e\n\x1aGENERATION_MODE_INSTRUCTED\x10\x02*M\n\x07RunType\x12\x18\n\x14RUN_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_TYPE_SYNTHESIS\x10\x01\x12\x10\n\x0cRUN_TYPE_QPO\x10\x02*f\n\x0bRewriteGoal\x12\x1c\n\x18REWRITE_GOAL_UNSPECIFIED\x10\x00\x12\x1c\n\x18REWRITE_GOAL_SOLVABILITY\x10\x01\x12\x1b\n\x17REWRITE_GOAL_DIFFICULTY\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n scalequest/common/v1/items.proto\x12\x14scalequest.common.v1\"B\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\"\x8b\x05\n\tRunConfig\x12\x0e\n\x06target\x18\x01 \x01(\x03\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\x17\n\x0fgenerator_model\x18\x03 \x01(\t\x12\x14\n\x0csolver_model\x18\x04 \x01(\t\x12\x13\n\x0bjudge_model\x18\x05 \x01(\t\x12\x39\n\x11question_sampling\x18\x06 \x01(\x0b\x32\x1e.scalequest.common.v1.Sampling\x12\x39\n\x11solution_sampling\x18\x07 \x01(\x0b\x32\x1e.scalequest.common.v1.Sampling\x12\x14\n\x0cn_candidates\x18\x08 \x01(\x05\x12\x32\n\x04mode\x18\t \x01(\x0e\x32$.scalequest.common.v1.GenerationMode\x12\x16\n\x0eselection_rule\x18\n \x01(\t\x12\x15\n\rmin_agreement\x18\x0b \x01(\x05\x12\x17\n\x0fmax_outstanding\x18\x0c \x01(\x05\x12\x11\n\tmax_tasks\x18\r \x01(\x03\x12\x19\n\x11shard_max_records\x18\x0e \x01(\x05\x12\x19\n\x11shard_max_seconds\x18\x0f \x01(\x02\x12\x1a\n\rjudge_enabled\x18\x10 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0f\x64ifficulty_keep\x18\x14 \x01(\t\x12/\n\x08run_type\x18\x11 \x01(\x0e\x32\x1d.scalequest.common.v1.RunType\x12\x17\n\x0foptimizer_model\x18\x12 \x01(\t\x12:\n\x12optimizer_sampling\x18\x13 \x01(\x0b\x32\x1e.scalequest.common.v1.SamplingB\x10\n\x0e_judge_enabled\"\xba\x01\n\x0cGenerateTask\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12/\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x1f.scalequest.common.v1.RunConfig\"N\n\rFilterVerdict\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xd5\x02\n\x08Question\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12/\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1f.scalequest.common.v1.RunConfig\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x17\n\x0fgenerator_model\x18\x07 \x01(\t\x12\x12\n\nnum_tokens\x18\x08 \x01(\x05\x12\x35\n\x08verdicts\x18\t \x03(\x0b\x32#.scalequest.common.v1.FilterVerdict\x12!\n\x14predicted_difficulty\x18\n \x01(\x02H\x00\x88\x01\x01\x42\x17\n\x15_predicted_difficulty\"\x9a\x01\n\tCandidate\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0bjudge_score\x18\x05 \x01(\x02\x12\x11\n\tagreement\x18\x06 \x01(\x02\x12\x0e\n\x06reward\x18\x07 \x01(\x02\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"\xe6\x01\n\x0eSolvedQuestion\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x30\n\x08question\x18\x02 \x01(\x0b\x32\x1e.scalequest.common.v1.Question\x12\x14\n\x0csolver_model\x18\x03 \x01(\t\x12\x33\n\ncandidates\x18\x04 \x03(\x0b\x32\x1f.scalequest.common.v1.Candidate\x12\x1a\n\x12\x64ropped_candidates\x18\x05 \x01(\x05\"\xfc\x01\n\x0b\x46inalRecord\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x34\n\x06solved\x18\x02 \x01(\x0b\x32$.scalequest.common.v1.SolvedQuestion\x12\x10\n\x08selected\x18\x03 \x01(\x05\x12\x18\n\x10selection_reason\x18\x04 \x01(\t\x12\x12\n\ndifficulty\x18\x05 \x01(\x02\x12\x0e\n\x06scorer\x18\x06 \x01(\t\x12\x10\n\x08\x61nswered\x18\x07 \x01(\x05\x12\x18\n\x10\x64istinct_answers\x18\x08 \x01(\x05\"\xaa\x01\n\tRejection\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x10\n\x08question\x18\x07 \x01(\t\"\xdc\x02\n\x0ePreferencePair\x12;\n\x0eschema_version\x18\x01 \x01(\x0e\x32#.scalequest.common.v1.SchemaVersion\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12/\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1f.scalequest.common.v1.RunConfig\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x07 \x01(\t\x12\x10\n\x08rejected\x18\x08 \x01(\t\x12/\n\x04goal\x18\t \x01(\x0e\x32!.scalequest.common.v1.RewriteGoal\x12\x17\n\x0fgenerator_model\x18\n \x01(\t\x12\x17\n\x0foptimizer_model\x18\x0b \x01(\t\x12\x18\n\x10optimizer_output\x18\x0c \x01(\t\"\xb2\x01\n\x07Outcome\x12\x33\n\x06record\x18\x01 \x01(\x0b\x32!.scalequest.common.v1.FinalRecordH\x00\x12\x34\n\trejection\x18\x02 \x01(\x0b\x32\x1f.scalequest.common.v1.RejectionH\x00\x12\x34\n\x04pair\x18\x03 \x01(\x0b\x32$.scalequest.common.v1.PreferencePairH\x00\x42\x06\n\x04kind\"]\n\x11ShardAnnouncement\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12\r\n\x05store\x18\x05 \x01(\t\"_\n\x06RunEnd\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x03\x12\x0e\n\x06shards\x18\x04 \x01(\x03\x12\x14\n\x0cmanifest_key\x18\x05 \x01(\t*E\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x14\n\x10SCHEMA_VERSION_1\x10\x01*n\n\x0eGenerationMode\x12\x1f\n\x1bGENERATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17GENERATION_MODE_SCRATCH\x10\x01\x12\x1e\n\x1aGENERATION_MODE_INSTRUCTED\x10\x02*M\n\x07RunType\x12\x18\n\x14RUN_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_TYPE_SYNTHESIS\x10\x01\x12\x10\n\x0cRUN_TYPE_QPO\x10\x02*f\n\x0bRewriteGoal\x12\x1c\n\x18REWRITE_GOAL_UNSPECIFIED\x10\x00\x12\x1c\n\x18REWRITE_GOAL_SOLVABILITY\x10\x01\x12\x1b\n\x17REWRITE_GOAL_DIFFICULTY\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'scalequest.common.v1.items_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEMAVERSION']._serialized_start=2806
-  _globals['_SCHEMAVERSION']._serialized_end=2875
-  _globals['_GENERATIONMODE']._serialized_start=2877
-  _globals['_GENERATIONMODE']._serialized_end=2987
-  _globals['_RUNTYPE']._serialized_start=2989
-  _globals['_RUNTYPE']._serialized_end=3066
-  _globals['_REWRITEGOAL']._serialized_start=3068
-  _globals['_REWRITEGOAL']._serialized_end=3170
+  _globals['_SCHEMAVERSION']._serialized_start=2935
+  _globals['_SCHEMAVERSION']._serialized_end=3004
+  _globals['_GENERATIONMODE']._serialized_start=3006
+  _globals['_GENERATIONMODE']._serialized_end=3116
+  _globals['_RUNTYPE']._serialized_start=3118
+  _globals['_RUNTYPE']._serialized_end=3195
+  _globals['_REWRITEGOAL']._serialized_start=3197
+  _globals['_REWRITEGOAL']._serialized_end=3299
   _globals['_SAMPLING']._serialized_start=58
   _globals['_SAMPLING']._serialized_end=124
   _globals['_RUNCONFIG']._serialized_start=127
-  _globals['_RUNCONFIG']._serialized_end=753
-  _globals['_GENERATETASK']._serialized_start=756
-  _globals['_GENERATETASK']._serialized_end=942
-  _globals['_FILTERVERDICT']._serialized_start=944
-  _globals['_FILTERVERDICT']._serialized_end=1022
-  _globals['_QUESTION']._serialized_start=1025
-  _globals['_QUESTION']._serialized_end=1306
-  _globals['_CANDIDATE']._serialized_start=1309
-  _globals['_CANDIDATE']._serialized_end=1463
-  _globals['_SOLVEDQUESTION']._serialized_start=1466
-  _globals['_SOLVEDQUESTION']._serialized_end=1696
-  _globals['_FINALRECORD']._serialized_start=1699
-  _globals['_FINALRECORD']._serialized_end=1907
-  _globals['_REJECTION']._serialized_start=1910
-  _globals['_REJECTION']._serialized_end=2080
-  _globals['_PREFERENCEPAIR']._serialized_start=2083
-  _globals['_PREFERENCEPAIR']._serialized_end=2431
-  _globals['_OUTCOME']._serialized_start=2434
-  _globals['_OUTCOME']._serialized_end=2612
-  _globals['_SHARDANNOUNCEMENT']._serialized_start=2614
-  _globals['_SHARDANNOUNCEMENT']._serialized_end=2707
-  _globals['_RUNEND']._serialized_start=2709
-  _globals['_RUNEND']._serialized_end=2804
+  _globals['_RUNCONFIG']._serialized_end=778
+  _globals['_GENERATETASK']._serialized_start=781
+  _globals['_GENERATETASK']._serialized_end=967
+  _globals['_FILTERVERDICT']._serialized_start=969
+  _globals['_FILTERVERDICT']._serialized_end=1047
+  _globals['_QUESTION']._serialized_start=1050
+  _globals['_QUESTION']._serialized_end=1391
+  _globals['_CANDIDATE']._serialized_start=1394
+  _globals['_CANDIDATE']._serialized_end=1548
+  _globals['_SOLVEDQUESTION']._serialized_start=1551
+  _globals['_SOLVEDQUESTION']._serialized_end=1781
+  _globals['_FINALRECORD']._serialized_start=1784
+  _globals['_FINALRECORD']._serialized_end=2036
+  _globals['_REJECTION']._serialized_start=2039
+  _globals['_REJECTION']._serialized_end=2209
+  _globals['_PREFERENCEPAIR']._serialized_start=2212
+  _globals['_PREFERENCEPAIR']._serialized_end=2560
+  _globals['_OUTCOME']._serialized_start=2563
+  _globals['_OUTCOME']._serialized_end=2741
+  _globals['_SHARDANNOUNCEMENT']._serialized_start=2743
+  _globals['_SHARDANNOUNCEMENT']._serialized_end=2836
+  _globals['_RUNEND']._serialized_start=2838
+  _globals['_RUNEND']._serialized_end=2933
 # @@protoc_insertion_point(module_scope)

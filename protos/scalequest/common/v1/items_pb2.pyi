@@ -52,7 +52,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("target", "seed", "generator_model", "solver_model", "judge_model", "question_sampling", "solution_sampling", "n_candidates", "mode", "selection_rule", "min_agreement", "max_outstanding", "max_tasks", "shard_max_records", "shard_max_seconds", "judge_enabled", "run_type", "optimizer_model", "optimizer_sampling")
+    __slots__ = ("target", "seed", "generator_model", "solver_model", "judge_model", "question_sampling", "solution_sampling", "n_candidates", "mode", "selection_rule", "min_agreement", "max_outstanding", "max_tasks", "shard_max_records", "shard_max_seconds", "judge_enabled", "difficulty_keep", "run_type", "optimizer_model", "optimizer_sampling")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class RunConfig(_message.Message):
     SHARD_MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SHARD_MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     JUDGE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DIFFICULTY_KEEP_FIELD_NUMBER: _ClassVar[int]
     RUN_TYPE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_MODEL_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -88,10 +89,11 @@ class RunConfig(_message.Message):
     shard_max_records: int
     shard_max_seconds: float
     judge_enabled: bool
+    difficulty_keep: str
     run_type: RunType
     optimizer_model: str
     optimizer_sampling: Sampling
-    def __init__(self, target: _Optional[int] = ..., seed: _Optional[int] = ..., generator_model: _Optional[str] = ..., solver_model: _Optional[str] = ..., judge_model: _Optional[str] = ..., question_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., solution_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., n_candidates: _Optional[int] = ..., mode: _Optional[_Union[GenerationMode, str]] = ..., selection_rule: _Optional[str] = ..., min_agreement: _Optional[int] = ..., max_outstanding: _Optional[int] = ..., max_tasks: _Optional[int] = ..., shard_max_records: _Optional[int] = ..., shard_max_seconds: _Optional[float] = ..., judge_enabled: _Optional[bool] = ..., run_type: _Optional[_Union[RunType, str]] = ..., optimizer_model: _Optional[str] = ..., optimizer_sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    def __init__(self, target: _Optional[int] = ..., seed: _Optional[int] = ..., generator_model: _Optional[str] = ..., solver_model: _Optional[str] = ..., judge_model: _Optional[str] = ..., question_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., solution_sampling: _Optional[_Union[Sampling, _Mapping]] = ..., n_candidates: _Optional[int] = ..., mode: _Optional[_Union[GenerationMode, str]] = ..., selection_rule: _Optional[str] = ..., min_agreement: _Optional[int] = ..., max_outstanding: _Optional[int] = ..., max_tasks: _Optional[int] = ..., shard_max_records: _Optional[int] = ..., shard_max_seconds: _Optional[float] = ..., judge_enabled: _Optional[bool] = ..., difficulty_keep: _Optional[str] = ..., run_type: _Optional[_Union[RunType, str]] = ..., optimizer_model: _Optional[str] = ..., optimizer_sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class GenerateTask(_message.Message):
     __slots__ = ("schema_version", "run_id", "item_id", "index", "seed", "config")
@@ -122,7 +124,7 @@ class FilterVerdict(_message.Message):
     def __init__(self, check: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Question(_message.Message):
-    __slots__ = ("schema_version", "run_id", "item_id", "seed", "config", "text", "generator_model", "num_tokens", "verdicts")
+    __slots__ = ("schema_version", "run_id", "item_id", "seed", "config", "text", "generator_model", "num_tokens", "verdicts", "predicted_difficulty")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +134,7 @@ class Question(_message.Message):
     GENERATOR_MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     schema_version: SchemaVersion
     run_id: str
     item_id: str
@@ -141,7 +144,8 @@ class Question(_message.Message):
     generator_model: str
     num_tokens: int
     verdicts: _containers.RepeatedCompositeFieldContainer[FilterVerdict]
-    def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., run_id: _Optional[str] = ..., item_id: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., text: _Optional[str] = ..., generator_model: _Optional[str] = ..., num_tokens: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[FilterVerdict, _Mapping]]] = ...) -> None: ...
+    predicted_difficulty: float
+    def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., run_id: _Optional[str] = ..., item_id: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., text: _Optional[str] = ..., generator_model: _Optional[str] = ..., num_tokens: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[FilterVerdict, _Mapping]]] = ..., predicted_difficulty: _Optional[float] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("text", "answer", "num_tokens", "finish_reason", "judge_score", "agreement", "reward", "seed")
@@ -178,20 +182,24 @@ class SolvedQuestion(_message.Message):
     def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., question: _Optional[_Union[Question, _Mapping]] = ..., solver_model: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., dropped_candidates: _Optional[int] = ...) -> None: ...
 
 class FinalRecord(_message.Message):
-    __slots__ = ("schema_version", "solved", "selected", "selection_reason", "difficulty", "scorer")
+    __slots__ = ("schema_version", "solved", "selected", "selection_reason", "difficulty", "scorer", "answered", "distinct_answers")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOLVED_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     SELECTION_REASON_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_ANSWERS_FIELD_NUMBER: _ClassVar[int]
     schema_version: SchemaVersion
     solved: SolvedQuestion
     selected: int
     selection_reason: str
     difficulty: float
     scorer: str
-    def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., solved: _Optional[_Union[SolvedQuestion, _Mapping]] = ..., selected: _Optional[int] = ..., selection_reason: _Optional[str] = ..., difficulty: _Optional[float] = ..., scorer: _Optional[str] = ...) -> None: ...
+    answered: int
+    distinct_answers: int
+    def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., solved: _Optional[_Union[SolvedQuestion, _Mapping]] = ..., selected: _Optional[int] = ..., selection_reason: _Optional[str] = ..., difficulty: _Optional[float] = ..., scorer: _Optional[str] = ..., answered: _Optional[int] = ..., distinct_answers: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("schema_version", "run_id", "item_id", "stage", "reason", "detail", "question")
