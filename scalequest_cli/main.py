@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                   json=os.environ.get("SQ_LOG_JSON", "1") not in ("0", "false"), service=f"cli-{args.cmd}")
     try:
         if args.cmd == "run":
+            # vLLM's own INFO lines (engine config, kernels, KV cache) would bury the progress
+            # view of an interactive run; SQ_LOG_LEVEL=DEBUG or VLLM_LOGGING_LEVEL brings them back.
+            if os.environ.get("SQ_LOG_LEVEL", "").upper() != "DEBUG":
+                os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
             from scalequest_cli.commands import cmd_run
 
             return asyncio.run(cmd_run(args))
