@@ -134,32 +134,73 @@ async def cmd_serve(service: str) -> int:
     return await svc.runtime.run_until_shutdown()
 
 
-async def cmd_status(args) -> int:
-    st = None
-    if args.nats_url:
+async def load_status(run_id: str, store_url: str, nats_url: str | None) -> dict | None:
+    """A run's status dict: live from the KV bucket when NATS is given and knows the run, else
+    ``runs/<id>/status.json`` (written when a run closes), else None."""
+    if nats_url:
         from libs.queue.subjects import RUNS_BUCKET
         from libs.queue.topology import connect
         from services.coordinator.runs import RunManager
         from services.coordinator.settings import CoordinatorSettings
 
-        nc, js = await asyncio.wait_for(connect(args.nats_url, name="scalequest-status"), 10)
+        nc, js = await asyncio.wait_for(connect(nats_url, name="scalequest-status"), 10)
         try:
             kv = await js.key_value(RUNS_BUCKET)
-            st = await RunManager(CoordinatorSettings(), js, kv, None).status(args.run_id)
+            return await RunManager(CoordinatorSettings(), js, kv, None).status(run_id)
         except NotFound:
-            st = None
+            pass
         finally:
             await nc.close()
+    store = open_store(store_url)
+    try:
+        return json.loads(store.get_bytes(f"runs/{run_id}/status.json"))
+    except Exception:
+        return None
+
+
+async def cmd_bootstrap(args) -> int:
+    """Create or update every stream, work-queue consumer and KV bucket; safe to run any number
+    of times (Helm runs it as a pre-install/pre-upgrade hook). Exit 0 once the topology exists."""
+    import os
+
+    from libs.queue.topology import connect, ensure_topology
+    from libs.settings import CommonSettings, load_settings
+
+    settings = load_settings(CommonSettings)
+    replicas = args.replicas or int(os.environ.get("SQ_NATS_REPLICAS", "1") or 1)
+    try:
+        # NATS may come up after this Job starts (same Helm release): retry until the timeout.
+        nc, js = await asyncio.wait_for(connect(settings.nats_url, name="scalequest-bootstrap"), args.connect_timeout)
+    except (asyncio.TimeoutError, OSError) as e:
+        raise ConfigError(
+            f"cannot connect to NATS at SQ_NATS_URL={settings.nats_url} within {args.connect_timeout:.0f}s {e}".rstrip()
+        ) from None
+    try:
+        await ensure_topology(
+            js, ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver, replicas=replicas
+        )
+        streams = [s.config.name for s in await js.streams_info()]
+    finally:
+        await nc.drain()
+    print(f"JetStream topology ready on {settings.nats_url}: streams {', '.join(sorted(streams))}")
+    if args.check_store:
+        store = open_store(settings.store_url)
+        key = "health/bootstrap-check"
+        store.put_bytes(key, b"ok", "text/plain")
+        store.delete(key)
+        print(f"object store ready: {store.url}")
+    return 0
+
+
+async def cmd_status(args) -> int:
+    st = await load_status(args.run_id, args.store, args.nats_url)
     if st is None:
         store = open_store(args.store)
-        try:
-            st = json.loads(store.get_bytes(f"runs/{args.run_id}/status.json"))
-        except Exception:
-            m = read_manifest(store, args.run_id)
-            if m is None:
-                raise NotFound(f"run {args.run_id} not found (store {args.store}, NATS {args.nats_url or 'not given'})")
-            st = {"run_id": m.run_id, "state": m.state, "accepted": m.accepted, "shards": len(m.shards),
-                  "target": m.config.get("target", 0)}
+        m = read_manifest(store, args.run_id)
+        if m is None:
+            raise NotFound(f"run {args.run_id} not found (store {args.store}, NATS {args.nats_url or 'not given'})")
+        st = {"run_id": m.run_id, "state": m.state, "accepted": m.accepted, "shards": len(m.shards),
+              "target": m.config.get("target", 0)}
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
@@ -188,4 +229,46 @@ def cmd_export(args) -> int:
     else:
         out.write_bytes(records_to_parquet(rows))
     print(f"exported {len(rows)} records from {len(keys)} shards to {out}", file=sys.stderr)
+    return 0
+
+
+def default_report_png(run_id: str) -> Path:
+    """Where `scalequest report` writes its PNG without --png: the current directory (the store
+    may be S3, and a report is a view of the run, not part of its data)."""
+    return Path(f"runs_{run_id}_report.png")
+
+
+async def cmd_report(args) -> int:
+    from libs.errors import InvalidArgument
+    from libs.storage.shards import manifest_key
+    from scalequest_cli.report import build_report, render_png, report_tables
+
+    try:
+        manifest_key(args.run_id)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    st = await load_status(args.run_id, args.store, args.nats_url)
+    store = open_store(args.store)
+    m = read_manifest(store, args.run_id)
+    keys = list_shards(store, args.run_id)
+    if st is None and m is None and not keys:
+        raise NotFound(f"run {args.run_id} not found (store {args.store}, NATS {args.nats_url or 'not given'})")
+    manifest = json.loads(m.to_json()) if m else None
+    rows = (r for k in keys for r in read_shard(store, k))  # one shard in memory at a time
+    rep = build_report(st or {"run_id": args.run_id}, manifest, rows)
+    png = None
+    if not args.no_png:
+        png = Path(args.png) if args.png else default_report_png(args.run_id)
+        try:
+            render_png(rep, str(png))
+        except OSError as e:
+            raise InvalidArgument(f"cannot write the report PNG to {png}: {e.strerror or e}") from None
+    if args.json:
+        print(json.dumps({**rep.to_dict(), "png": str(png) if png else None}, indent=2))
+    else:
+        console = Console()
+        for table in report_tables(rep):
+            console.print(table)
+    if png:
+        print(f"report PNG: {png}", file=sys.stderr)
     return 0

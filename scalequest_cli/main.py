@@ -1,4 +1,4 @@
-"""`scalequest` command line: run (embedded pipeline), serve, status, export, prepare-model.
+"""`scalequest` command line: run (embedded pipeline), serve, status, export, report, prepare-model.
 
 User mistakes (bad flags, bad config, unreachable servers) end with a one-line message and a
 non-zero exit, never a traceback.
@@ -99,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["jsonl", "parquet"], required=True)
     ex.add_argument("--out", required=True, help="output file")
 
+    bs = sub.add_parser("bootstrap", help="create the JetStream streams, consumers and KV buckets (idempotent; "
+                        "the chart's hook Job); settings from SQ_* env")
+    bs.add_argument("--replicas", type=_positive("--replicas"), default=None,
+                    help="stream replicas (default SQ_NATS_REPLICAS or 1; 3 on a clustered NATS)")
+    bs.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to wait for NATS")
+    bs.add_argument("--check-store", action="store_true", help="also check that SQ_STORE_URL is reachable and writable")
+
+    rp = sub.add_parser("report", help="a run's funnel, difficulty/agreement/length distributions and throughput")
+    _common(rp)
+    rp.add_argument("run_id")
+    rp.add_argument("--png", default=None, help="where to write the PNG (default: ./runs_<RUN_ID>_report.png)")
+    rp.add_argument("--no-png", action="store_true", help="terminal (or JSON) report only")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+
     pm = sub.add_parser("prepare-model", help="convert the packaged default model into the model cache")
     pm.add_argument("--cache-dir", default=None)
     return ap
@@ -133,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             from scalequest_cli.commands import cmd_export
 
             return cmd_export(args)
+        if args.cmd == "bootstrap":
+            from scalequest_cli.commands import cmd_bootstrap
+
+            return asyncio.run(cmd_bootstrap(args))
+        if args.cmd == "report":
+            from scalequest_cli.commands import cmd_report
+
+            return asyncio.run(cmd_report(args))
         if args.cmd == "prepare-model":
             from libs.models.default_model import ensure_default_model
 

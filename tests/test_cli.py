@@ -44,3 +44,14 @@ def test_unknown_run(tmp_path):
     assert p.returncode == 1 and "no-such-run" in p.stderr and "Traceback" not in p.stderr
     p = cli("export", "no-such-run", "--store", str(tmp_path), "--format", "jsonl", "--out", str(tmp_path / "o"))
     assert p.returncode == 1 and "no shards" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bootstrap_is_idempotent_and_reports_a_dead_server(nats_server, tmp_path):
+    env = {"SQ_NATS_URL": nats_server.url, "SQ_STORE_URL": str(tmp_path / "store")}
+    for _ in range(2):
+        p = cli("bootstrap", "--check-store", env=env)
+        assert p.returncode == 0, p.stderr
+        assert "SQ_GENERATE" in p.stdout and "SQ_SINK" in p.stdout and "object store ready" in p.stdout
+    p = cli("bootstrap", "--connect-timeout", "2", env={"SQ_NATS_URL": "nats://127.0.0.1:1"})
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "127.0.0.1:1" in p.stderr

@@ -71,6 +71,12 @@ def _bind_loop() -> None:
     _loop = loop
 
 
+#: ``engine=fake`` with this model name answers like a well-behaved model in a scripted math
+#: world (libs/engines/scripted.py): zero-cost whole-pipeline runs from settings alone, e.g.
+#: services started from the Helm chart's environment in tests and benchmarks.
+SCRIPTED_MATH = "scripted-math"
+
+
 def _build(spec: EngineSpec, model_path: str | None) -> Engine:
     options = dict(spec.options)
     if spec.kind == "vllm":
@@ -83,6 +89,10 @@ def _build(spec: EngineSpec, model_path: str | None) -> Engine:
         from libs.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(spec.base_url, spec.model, **options)
+    if spec.model == SCRIPTED_MATH:
+        from libs.engines.scripted import math_engine
+
+        return math_engine(**options)
     from libs.engines.fake import FakeEngine
 
     return FakeEngine(model_name=spec.model or "fake", **options)
@@ -130,3 +140,70 @@ async def close_all() -> None:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+# -- scoring engines (libs/engines/pooling.py) ---------------------------------------------------
+# Kept in the same table as generation engines (a ScoringSpec never equals an EngineSpec), so
+# the loop binding and `close_all` cover them too.
+
+SCORING_KINDS = ("vllm", "transformers", "fake")
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Which scoring model to load; hashable, so it keys the registry.
+
+    kind: "vllm" (the pooling runner in process), "transformers" (AutoModelForSequenceClassification
+        in a worker thread) or "fake" (tests).
+    model: model directory or an id resolvable offline (a reward / regression checkpoint; there
+        is no default scoring model); fake: the recorded model name.
+    options: extra constructor keyword arguments as ``(name, value)`` pairs, e.g.
+        ``(("max_model_len", 4096), ("dtype", "bfloat16"))``.
+    """
+
+    kind: str
+    model: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCORING_KINDS:
+            raise ConfigError(f"scoring runner {self.kind!r} is not one of {', '.join(SCORING_KINDS)}")
+        if self.kind != "fake" and self.model in (DEFAULT_MODEL, ""):
+            raise ConfigError("a scoring engine needs a model directory (there is no default scoring model)")
+        names = [name for name, _ in self.options]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"scoring engine options repeat a name: {names}")
+
+
+def _build_scoring(spec: ScoringSpec) -> Any:
+    from libs.engines import pooling
+
+    options = dict(spec.options)
+    if spec.kind == "vllm":
+        return pooling.VLLMScoringEngine(spec.model, **options)
+    if spec.kind == "transformers":
+        return pooling.TransformersScoringEngine(spec.model, **options)
+    options.pop("dtype", None)
+    return pooling.FakeScoringEngine(model_name=spec.model or "fake-scorer", **options)
+
+
+async def get_scoring_engine(spec: ScoringSpec) -> Any:
+    """The started scoring engine (`libs.engines.pooling.ScoringEngine`) for `spec`, created and
+    started on first use; concurrent first callers wait for the same load. A failed start is
+    not cached."""
+    _bind_loop()
+    engine = _engines.get(spec)  # type: ignore[call-overload]
+    if engine is not None:
+        return engine
+    lock = _locks.setdefault(spec, asyncio.Lock())  # type: ignore[arg-type]
+    async with lock:
+        engine = _engines.get(spec)  # type: ignore[call-overload]
+        if engine is not None:
+            return engine
+        try:
+            engine = _build_scoring(spec)
+        except TypeError as exc:  # an unknown option name
+            raise ConfigError(f"bad options for {spec.kind} scoring engine: {exc}") from exc
+        await engine.start()
+        _engines[spec] = engine  # type: ignore[index]
+        return engine

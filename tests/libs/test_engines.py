@@ -420,3 +420,17 @@ async def test_vllm_overlong_prompt_is_invalid_argument(vllm_engine):
     # The engine is unharmed.
     after = await vllm_engine.generate(_ask(vllm_engine, "Hi"), SamplingSpec(max_tokens=4))
     assert after.completions[0].num_tokens > 0
+
+
+async def test_scripted_math_world_is_selectable_from_settings():
+    # engine=fake + model=scripted-math: services started from environment alone (the chart's
+    # local run, benchmarks) get the scripted math world instead of a fixed sentence.
+    from libs.engines.base import SamplingSpec
+    from libs.engines.registry import SCRIPTED_MATH, EngineSpec, close_all, get_engine
+
+    eng = await get_engine(EngineSpec(kind="fake", model=SCRIPTED_MATH))
+    try:
+        out = await eng.generate("Tom has 3 apples and buys 4 more.\nPut it in \\boxed{}.", SamplingSpec(seed=1))
+        assert eng.model_name == "fake-math" and "\\boxed{7}" in out.completions[0].text
+    finally:
+        await close_all()
