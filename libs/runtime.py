@@ -12,9 +12,12 @@ time and each step logged (``step=`` field):
    they hold;
 3. ``stop_grpc``      — ``server.stop(grace)``: new RPCs refused, in-flight ones get
    ``shutdown_grace_seconds``;
-4. ``drain_nats``     — ``await nc.drain()`` for every registered NATS connection (flushes
+4. ``flush_state``    — registered flushers (stage counters, run state): what must still
+   reach NATS KV once no more work is done, so it runs after the workers and RPCs stopped
+   and before the connection is drained;
+5. ``drain_nats``     — ``await nc.drain()`` for every registered NATS connection (flushes
    pending publishes and acks, then closes);
-5. ``close_resources``— registered closers (engines, object-store clients), last registered
+6. ``close_resources``— registered closers (engines, object-store clients), last registered
    first.
 
 A step that fails or overruns its timeout is logged and the sequence goes on: a stuck step
@@ -45,7 +48,7 @@ from libs.metrics import start_metrics_server
 log = logging.getLogger(__name__)
 
 #: Shutdown steps, in order (also the values of the ``step`` log field).
-SHUTDOWN_STEPS = ("readiness_off", "stop_workers", "stop_grpc", "drain_nats", "close_resources")
+SHUTDOWN_STEPS = ("readiness_off", "stop_workers", "stop_grpc", "flush_state", "drain_nats", "close_resources")
 
 
 class Worker(Protocol):
@@ -101,6 +104,7 @@ class ServiceRuntime:
         self._workers: list[Worker] = []
         self._nats: list[Drainable] = []
         self._closers: list[tuple[str, Closer]] = []
+        self._flushers: list[tuple[str, Closer]] = []
         self._shutdown_requested = asyncio.Event()
         self._shutdown_reason = ""
         self._group: RuntimeGroup | None = None
@@ -117,6 +121,10 @@ class ServiceRuntime:
 
     def register_nats(self, nc: Drainable) -> None:
         self._nats.append(nc)
+
+    def register_flusher(self, fn: Closer, name: str | None = None) -> None:
+        """``fn()`` (sync or async) runs in the ``flush_state`` step, while NATS is still up."""
+        self._flushers.append((name or _label(fn), fn))
 
     def register_closer(self, fn: Closer, name: str | None = None) -> None:
         """``fn()`` (sync or async) runs in the last shutdown step; last registered, first run."""
@@ -198,6 +206,10 @@ class ServiceRuntime:
                 if self.server is not None and _first(self.server, seen):
                     # server.stop bounds itself by the grace; the extra margin only catches a hang
                     await self._guard(step, "grpc", self.server.stop(self.grace), self.grace + 5.0)
+            elif step == "flush_state":
+                for name, fn in self._flushers:
+                    if _first(fn, seen):
+                        await self._guard(step, name, _call(fn), self.step_timeout)
             elif step == "drain_nats":
                 await asyncio.gather(
                     *(self._guard(step, "nats", self._drain(nc), self.step_timeout) for nc in self._nats if _first(nc, seen))
@@ -290,7 +302,13 @@ class RuntimeGroup:
                 # Each runtime claims its (possibly shared) objects in `seen` before its first
                 # await, in list order, so a shared object is stopped exactly once.
                 seen: set[object] = set()
-                await asyncio.gather(*(rt._step(step, seen) for rt in self.runtimes))
+                if step == "flush_state":
+                    # In list order: a later member (the coordinator) saves run state after the
+                    # earlier ones (the stages) have flushed their counters into it.
+                    for rt in self.runtimes:
+                        await rt._step(step, seen)
+                else:
+                    await asyncio.gather(*(rt._step(step, seen) for rt in self.runtimes))
             self._result = not any(rt.failures for rt in self.runtimes)
             names = ", ".join(rt.name for rt in self.runtimes)
             if self._result:

@@ -55,6 +55,7 @@ class StageService:
     worker_spec: WorkerSpec | None = None
     counters: StageCounters | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    flushers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     worker: StageWorker | None = None
     runtime: ServiceRuntime = field(init=False)
 
@@ -64,8 +65,10 @@ class StageService:
             rt.add_startup(self._start_worker, "queue worker")
         if self.counters is not None:
             rt.add_startup(self._start_counters, "stage counters")
-            rt.register_closer(self.counters.stop, "stage counters")
+            rt.register_flusher(self.counters.stop, "stage counters")
         rt.register_nats(self.infra.nc)
+        for flush in self.flushers:
+            rt.register_flusher(flush)
         for close in self.closers:
             rt.register_closer(close)
         self.runtime = rt

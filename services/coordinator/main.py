@@ -29,6 +29,6 @@ async def build(settings: CoordinatorSettings, infra: Infra, engine=None) -> Sta
         servicers=[(api_grpc.add_CoordinatorServiceServicer_to_server, CoordinatorServicer(manager), SERVICE_NAME)],
     )
     spec = WorkerSpec(subjects.SINK, _decode_outcome, manager.handle_outcomes)
-    svc = StageService(STAGE, settings, server, infra, spec, closers=[manager.close])
+    svc = StageService(STAGE, settings, server, infra, spec, flushers=[manager.close])
     svc.manager = manager  # type: ignore[attr-defined]
     return svc

@@ -49,6 +49,7 @@ def record_row(rec: pb.FinalRecord) -> dict:
                 "judge_score": c.judge_score,
                 "agreement": c.agreement,
                 "reward": c.reward,
+                "rm_score": c.rm_score if c.HasField("rm_score") else None,
                 "seed": c.seed,
             }
             for c in solved.candidates

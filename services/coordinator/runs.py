@@ -48,6 +48,11 @@ RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 STAGES = ("questiongen", "filter", "solver", "reward")
 
 
+#: Seconds after a run's end at which status.json is written again with the stages' last
+#: counter flushes (they flush every second).
+STATUS_RESAVE_DELAY = 2.5
+
+
 def status_key(run_id: str) -> str:
     return f"runs/{run_id}/status.json"
 
@@ -109,6 +114,7 @@ class RunManager:
         self.store = store
         self.runs: dict[str, Run] = {}
         self._closing = False
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ configuration
     def resolve_config(self, cfg: pb.RunConfig) -> pb.RunConfig:
@@ -418,6 +424,11 @@ class RunManager:
         for t in run.tasks:
             if t is not asyncio.current_task():
                 t.cancel()
+        # Stage replicas flush their counters about once a second, so the status.json written
+        # just now may miss the last second of work: write it again once they have flushed.
+        resave = asyncio.create_task(self._resave_status(run), name=f"resave-{run.run_id}")
+        self._background.add(resave)
+        resave.add_done_callback(self._background.discard)
         log.info("run ended", extra={"run_id": run.run_id, "state": state, "accepted": run.accepted})
 
     # ------------------------------------------------------------------ state
@@ -428,6 +439,15 @@ class RunManager:
                 await self._save_state(run)
             except Exception as e:
                 log.warning("state save failed: %s", e, extra={"run_id": run.run_id})
+
+    async def _resave_status(self, run: Run, delay: float = STATUS_RESAVE_DELAY) -> None:
+        try:
+            await asyncio.sleep(delay)
+            await self._save_state(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the first status.json stands; only late counters are missing
+            log.warning("final status re-save failed: %s", e, extra={"run_id": run.run_id})
 
     async def _save_state(self, run: Run) -> None:
         st = run.state_dict()
@@ -467,6 +487,8 @@ class RunManager:
         return sorted(out, key=lambda s: -s.get("started_at", 0))
 
     async def close(self) -> None:
+        for t in list(self._background):
+            t.cancel()
         for run in self.runs.values():
             for t in run.tasks:
                 t.cancel()

@@ -114,6 +114,7 @@ async def test_shutdown_runs_steps_in_order_and_in_flight_rpc_completes():
         rt.register_nats(Recorder(events, "nats", server=server))
         rt.register_closer(Recorder(events, "engine").close)
         rt.register_closer(lambda: events.append(("store.close", None)), name="store")  # sync closer
+        rt.register_flusher(lambda: events.append(("counters.flush", None)), name="counters")
 
     rt.add_startup(wire)
     runner = asyncio.ensure_future(rt.run_until_shutdown())
@@ -132,6 +133,7 @@ async def test_shutdown_runs_steps_in_order_and_in_flight_rpc_completes():
     assert events == [
         ("worker.stop", NOT_SERVING),  # readiness was turned off first, server still up
         ("worker.stopped", None),
+        ("counters.flush", None),  # state reaches KV after the work stopped, before NATS drains
         ("nats.drain", True),  # after the gRPC server stopped
         ("store.close", None),  # closers: last registered first
         ("engine.close", None),

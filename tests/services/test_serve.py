@@ -56,5 +56,5 @@ def test_serve_and_sigterm(nats_server, tmp_path, service):
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     steps = [json.loads(ln).get("step") for ln in err.splitlines() if ln.startswith("{")]
-    order = ["readiness_off", "stop_workers", "stop_grpc", "drain_nats", "close_resources"]
+    order = ["readiness_off", "stop_workers", "stop_grpc", "flush_state", "drain_nats", "close_resources"]
     assert [s for s in steps if s in order] == order, steps
