@@ -16,12 +16,18 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from libs.queue import subjects
 
 log = logging.getLogger("scalequest.queue")
+
+# Dedup claims of the filter stage (exact hashes, near-duplicate signatures and LSH buckets, all
+# keyed by run): many keys per question, so they live apart from the runs bucket that the
+# coordinator lists. ``ensure_topology`` (bootstrap) creates it; the filter also creates it
+# when missing (``dedup_kv``), so a filter started against an older topology still works.
+DEDUP_BUCKET = "sq-dedup"
 
 # JetStream API error codes (nats-server errors.json).
 ERR_STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
@@ -200,7 +206,7 @@ async def ensure_topology(
     duplicate_window: float = 600.0,
     replicas: int = 1,
 ) -> KeyValue:
-    """Create or update every stream, work-queue consumer and the runs KV bucket.
+    """Create or update every stream, work-queue consumer and the KV buckets (runs, dedup).
 
     Returns the runs bucket (``subjects.RUNS_BUCKET``).
     """
@@ -209,6 +215,15 @@ async def ensure_topology(
     for q in subjects.WORK_QUEUES:
         await _ensure_consumer(js, q.stream, consumer_config(q, ack_wait=ack_wait, max_deliver=max_deliver))
     kv = await _ensure_kv(js, subjects.RUNS_BUCKET, replicas)
-    log.debug("topology: ensured %d streams, %d consumers, bucket %s",
-              len(subjects.WORK_QUEUES) + 2, len(subjects.WORK_QUEUES), subjects.RUNS_BUCKET)  # fmt: skip
+    await _ensure_kv(js, DEDUP_BUCKET, replicas)
+    log.debug("topology: ensured %d streams, %d consumers, buckets %s, %s",
+              len(subjects.WORK_QUEUES) + 2, len(subjects.WORK_QUEUES), subjects.RUNS_BUCKET, DEDUP_BUCKET)  # fmt: skip
     return kv
+
+
+async def dedup_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The filter's dedup bucket (``DEDUP_BUCKET``); created when missing (idempotent, race-safe)."""
+    try:
+        return await js.key_value(DEDUP_BUCKET)
+    except BucketNotFoundError:
+        return await _ensure_kv(js, DEDUP_BUCKET, replicas)

@@ -35,7 +35,7 @@ class FilterServicer(api_grpc.FilterServiceServicer):
             *(self.stage.check(q, scope, f"{call}-{i}", request.judge) for i, q in enumerate(request.questions))
         )
         out = api.JudgeQuestionsResponse()
-        for vs, _ in results:
-            failed = next((v for v in vs if not v.passed), None)
-            out.judgements.add(accepted=failed is None, reason=failed.reason if failed else "", verdicts=vs)
+        for res in results:
+            failed = res.failed
+            out.judgements.add(accepted=failed is None, reason=failed.reason if failed else "", verdicts=res.verdicts)
         return out

@@ -1,0 +1,329 @@
+"""Near-duplicate removal across a whole run: MinHash signatures, LSH banding, and a claim
+protocol on NATS KV shared by every filter replica.
+
+Similarity is the Jaccard similarity of a question's *feature set*: the word 2-grams of its
+canonical text (typography folded, lowercase, accents and punctuation gone, number words as
+digits, LaTeX synonyms unified) plus every number it mentions and every operator with its two
+operands ("12 + 7"), each added ``number_weight`` times. Numbers and operators weigh more than
+words because in a math question they are the problem: "Tom has 5 apples and buys 3 more" and
+"... 8 apples and buys 6 more" share a template but are different questions, while a reworded
+sentence around the same numbers is the same question. Word 2-grams rather than single words
+keep who-does-what ("A is twice B's age" vs "B is twice A's age"); scripts/eval_neardup.py
+measures these choices on tests/fixtures/neardup_labelled.jsonl.
+
+Signatures are ``num_perm`` 32-bit MinHash values from deterministic hashing (blake2b of each
+feature, mixed with one blake2b-derived seed per hash function), so every replica and every
+Python process computes the same signature. LSH cuts the first ``bands *
+rows`` values into ``bands`` bands; two questions become candidates when one whole band is
+equal, and a candidate is a duplicate when the signatures' estimated Jaccard (the share of
+equal values) is at least ``threshold``.
+
+KV layout (bucket ``sq-dedup``; ``<tag>`` names the MinHash parameters, so replicas with other
+settings never compare incompatible signatures)::
+
+    neardup.<scope>.<tag>.sig.<item>         {"id", "sig", "status", "ts", "match", "sim"}
+    neardup.<scope>.<tag>.b<band>.<bucket>   ["item id", ...]   (claimants, in claim order)
+
+A claim records the item's signature first (status ``pending``), reads its band buckets, and
+rejects it when a live member is similar enough. Otherwise it appends itself to each band
+bucket, in band order, with a compare-and-set on the bucket's revision: when two replicas race
+on similar questions, the second writer of the first bucket they share fails its CAS, re-reads,
+sees the first and is rejected, so at most one of them passes. Records end ``kept`` (the
+question is in), ``dup`` (rejected; its leftover bucket entries are ignored by later claims) or
+``released`` (a later check rejected it and gave its claim up). A redelivered item finds its own
+record and gets the same answer, never itself as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from services.filter.checks import normalize_typography
+
+FEATURES_VERSION = 1
+# Words, numbers and the operators and relations that make "2 + 3" and "2 - 3" different questions.
+_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?|[-+*/^=<>!%]")
+_OPERATORS = frozenset("-+*/^=<>!%")
+_WORD_HYPHEN = re.compile(r"(?<=[a-z0-9])-(?=[a-z]{2})")
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90"}
+_SYNONYMS = {"neq": "ne", "leq": "le", "geq": "ge", "leqslant": "le", "geqslant": "ge", "dfrac": "frac",
+             "tfrac": "frac", "dbinom": "binom", "tbinom": "binom", "left": "", "right": "",
+             "plus": "+", "minus": "-", "times": "*", "cdot": "*", "div": "/", "percent": "%"}  # fmt: skip
+
+
+def canonical_tokens(text: str) -> list[str]:
+    """Words and numbers of ``text`` in a form that ignores typography, case, accents, punctuation,
+    spelled-out small numbers and LaTeX spelling variants (``\\leq``/``\\le``, ``\\dfrac``/``\\frac``)."""
+    t = normalize_typography(text)
+    t = unicodedata.normalize("NFKD", t.lower())
+    t = _WORD_HYPHEN.sub(" ", t)  # "180-page", "student-to-teacher": a hyphen, not a minus
+    t = "".join(ch for ch in t if not unicodedata.combining(ch))
+    out = []
+    for tok in _TOKEN.findall(t):
+        tok = _NUMBER_WORDS.get(tok, tok)
+        tok = _SYNONYMS.get(tok, tok)
+        if tok:
+            out.append(tok)
+    return out
+
+
+def features(text: str, shingle: int = 2, number_weight: int = 8) -> set[str]:
+    """The feature set whose Jaccard similarity defines "near duplicate" (see the module doc)."""
+    toks = canonical_tokens(text)
+    if len(toks) >= shingle:
+        feats = {" ".join(toks[i : i + shingle]) for i in range(len(toks) - shingle + 1)}
+    else:
+        feats = {" ".join(toks)} if toks else {""}
+    # Numbers (a multiset: order-free, so reordered sentences keep them) and each operator with
+    # its operands ("12 + 7" vs "12 - 7"), both weighted.
+    math = Counter(t for t in toks if t[0].isdigit())
+    math.update(f"{toks[i - 1]}{t}{toks[i + 1]}" for i, t in enumerate(toks[1:-1], 1) if t in _OPERATORS)
+    for item, c in math.items():
+        for occurrence in range(c):
+            feats.update(f"#{item}#{occurrence}#{w}" for w in range(number_weight))
+    return feats
+
+
+def _h64(data: bytes, person: bytes = b"") -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "little")
+
+
+@lru_cache(maxsize=8)
+def _seeds(num_perm: int) -> np.ndarray:
+    """One fixed 64-bit seed per hash function, from blake2b (the same in every process)."""
+    return np.array([_h64(f"perm{i}".encode(), b"sq-minhash") for i in range(num_perm)], dtype=np.uint64)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer: a bijective 64-bit mix with full avalanche (uint64 wrap-around)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def minhash(feats: set[str], num_perm: int) -> np.ndarray:
+    """MinHash signature (``num_perm`` uint32 values) of a feature set; deterministic everywhere.
+
+    Hash function ``i`` of a feature is ``mix64(blake2b(feature) ^ seed_i)``; the signature keeps
+    the low 32 bits of each minimum (equal minima stay equal; unequal ones collide with
+    probability 2**-32)."""
+    x = np.array([_h64(f.encode(), b"sq-feature") for f in feats], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        values = _mix64(x[:, None] ^ _seeds(num_perm)[None, :])
+    return (values.min(axis=0) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
+    """Estimated Jaccard similarity: the share of equal MinHash values."""
+    return float(np.mean(sig_a == sig_b))
+
+
+@lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.2, fn_weight: float = 0.8) -> tuple[int, int]:
+    """(bands, rows) with ``bands * rows <= num_perm`` that minimise the weighted area of false
+    candidates below ``threshold`` and missed pairs above it, for the S-curve
+    ``P(candidate | s) = 1 - (1 - s**rows)**bands``. Candidates are verified afterwards, so a
+    false candidate costs one KV read while a missed pair is a duplicate let through: missed pairs
+    weigh four times more (threshold 0.65, 128 values: 21 bands of 6, so a pair right at the
+    threshold becomes a candidate with probability 0.81, one at 0.7 with 0.93, one at 0.3 with
+    0.015)."""
+    s_lo = np.linspace(0.0, threshold, 201)
+    s_hi = np.linspace(threshold, 1.0, 201)
+    best, best_cost = (1, num_perm), float("inf")
+    for bands in range(1, num_perm + 1):
+        rows = num_perm // bands
+        fp = np.trapezoid(1 - (1 - s_lo**rows) ** bands, s_lo)
+        fn = np.trapezoid((1 - s_hi**rows) ** bands, s_hi)
+        cost = fp_weight * fp + fn_weight * fn
+        if cost < best_cost - 1e-12:
+            best, best_cost = (bands, rows), cost
+    return best
+
+
+@dataclass(frozen=True)
+class MinHashConfig:
+    """Everything that must be equal for two signatures to be comparable, plus the threshold."""
+
+    threshold: float = 0.65
+    num_perm: int = 128
+    bands: int = 0  # 0: derived from threshold and num_perm
+    shingle: int = 2
+    number_weight: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise ValueError("threshold must be in (0, 1]")
+        if self.bands > self.num_perm:
+            raise ValueError("bands must be at most num_perm")
+
+    @property
+    def banding(self) -> tuple[int, int]:
+        if self.bands:
+            return self.bands, self.num_perm // self.bands
+        return lsh_params(self.threshold, self.num_perm)
+
+    @property
+    def tag(self) -> str:
+        """Short name of the signature space (not of the threshold: that only verifies)."""
+        b, r = self.banding
+        raw = f"v{FEATURES_VERSION}-{self.num_perm}-{b}x{r}-s{self.shingle}-w{self.number_weight}"
+        return hashlib.blake2b(raw.encode(), digest_size=4).hexdigest()
+
+    def signature(self, text: str) -> np.ndarray:
+        return minhash(features(text, self.shingle, self.number_weight), self.num_perm)
+
+    def band_hashes(self, sig: np.ndarray) -> list[str]:
+        b, r = self.banding
+        return [hashlib.blake2b(sig[i * r : (i + 1) * r].tobytes(), digest_size=8).hexdigest() for i in range(b)]
+
+
+@dataclass(frozen=True)
+class NearDupMatch:
+    item_id: str
+    similarity: float
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _id_key(item_id: str) -> str:
+    if _SAFE_ID.fullmatch(item_id):
+        return item_id
+    return "h" + hashlib.blake2b(item_id.encode(), digest_size=12).hexdigest()
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _encode_sig(sig: np.ndarray) -> str:
+    return base64.b64encode(sig.astype("<u4").tobytes()).decode()
+
+
+def _decode_sig(data: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(data), dtype="<u4")
+
+
+class KVNearDupIndex:
+    """Run-wide near-duplicate claims in a JetStream KV bucket (see the module doc).
+
+    ``max_bucket`` bounds one band bucket's member list (the KV value size): a full bucket is
+    still checked but no longer appended to, so the other bands keep catching its duplicates.
+    A claim is ``pending`` only for the few KV round trips of :meth:`claim`; one still pending
+    after ``stale_pending_s`` was left by a replica that died and whose item was never redelivered
+    (dead-lettered), and no longer blocks anything.
+    """
+
+    def __init__(self, kv, config: MinHashConfig, *, max_bucket: int = 2000, stale_pending_s: float = 120.0) -> None:
+        self.kv = kv
+        self.config = config
+        self.max_bucket = max_bucket
+        self.stale_pending_s = stale_pending_s
+
+    def _prefix(self, scope: str) -> str:
+        return f"neardup.{scope}.{self.config.tag}"
+
+    def _sig_key(self, scope: str, item_id: str) -> str:
+        return f"{self._prefix(scope)}.sig.{_id_key(item_id)}"
+
+    async def _get(self, key: str) -> tuple[object | None, int | None]:
+        try:
+            e = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None, None
+        return (json.loads(e.value) if e.value else None), e.revision
+
+    async def _set_record(
+        self, scope: str, item_id: str, sig: np.ndarray, status: str, match: NearDupMatch | None = None
+    ) -> None:
+        rec = {"id": item_id, "sig": _encode_sig(sig), "status": status, "ts": round(time.time(), 3)}
+        if match:
+            rec |= {"match": match.item_id, "sim": round(match.similarity, 4)}
+        await self.kv.put(self._sig_key(scope, item_id), _dumps(rec))
+
+    async def _best_match(
+        self, scope: str, members: list[str], sig: np.ndarray, item_id: str, seen: set[str]
+    ) -> NearDupMatch | None:
+        """The most similar live member at or above the threshold (members already seen skipped)."""
+        todo = [m for m in members if m != item_id and m not in seen]
+        seen.update(todo)
+        recs = await asyncio.gather(*(self._get(self._sig_key(scope, m)) for m in todo))
+        best: NearDupMatch | None = None
+        for m, (rec, _) in zip(todo, recs):
+            # pending counts: it is a claim in progress (or one a crash left, which its redelivery resumes).
+            if not isinstance(rec, dict) or rec.get("status") in ("dup", "released") or rec.get("id") != m:
+                continue
+            if rec.get("status") == "pending" and time.time() - float(rec.get("ts", 0)) > self.stale_pending_s:
+                continue
+            other = _decode_sig(rec["sig"])
+            if len(other) != len(sig):
+                continue
+            s = similarity(sig, other)
+            if s >= self.config.threshold and (best is None or s > best.similarity):
+                best = NearDupMatch(m, s)
+        return best
+
+    async def claim(self, scope: str, item_id: str, text: str) -> NearDupMatch | None:
+        """Claim ``text`` for ``item_id`` within ``scope``; None when it is no near-duplicate of a
+        live claim (the item now holds its own), else the best match. Idempotent per item."""
+        sig = self.config.signature(text)
+        rec, _ = await self._get(self._sig_key(scope, item_id))
+        if isinstance(rec, dict) and rec.get("id") == item_id:  # redelivered: the same answer again
+            if rec.get("status") == "dup":
+                return NearDupMatch(rec.get("match", ""), float(rec.get("sim", 0.0)))
+            if rec.get("status") in ("kept", "released"):
+                return None
+        # New, or resuming a claim a crash interrupted (buckets it already joined are skipped below).
+        await self._set_record(scope, item_id, sig, "pending")
+        keys = [f"{self._prefix(scope)}.b{i}.{h}" for i, h in enumerate(self.config.band_hashes(sig))]
+        snapshot = await asyncio.gather(*(self._get(k) for k in keys))
+        seen: set[str] = set()
+        # Cheap early exit for the common duplicate: nothing is written before this check.
+        everyone = [m for members, _ in snapshot for m in (members or [])]
+        match = await self._best_match(scope, everyone, sig, item_id, seen)
+        for key, (members, rev) in zip(keys, snapshot):
+            while match is None:
+                members = list(members or [])
+                if item_id in members or len(members) >= self.max_bucket:
+                    break
+                match = await self._best_match(scope, members, sig, item_id, seen)
+                if match is not None:
+                    break
+                try:
+                    if rev is None:
+                        await self.kv.create(key, _dumps(members + [item_id]))
+                    else:
+                        await self.kv.update(key, _dumps(members + [item_id]), last=rev)
+                    break
+                except KeyWrongLastSequenceError:
+                    members, rev = await self._get(key)  # lost the race: check who came first
+            if match is not None:
+                break
+        await self._set_record(scope, item_id, sig, "dup" if match else "kept", match)
+        return match
+
+    async def release(self, scope: str, item_id: str) -> None:
+        """Give up the item's claim (a later check rejected it): later questions are no longer
+        compared with it. Claims it never made are left alone."""
+        key = self._sig_key(scope, item_id)
+        rec, _ = await self._get(key)
+        if isinstance(rec, dict) and rec.get("id") == item_id and rec.get("status") in ("kept", "pending"):
+            await self.kv.put(key, _dumps(rec | {"status": "released"}))
