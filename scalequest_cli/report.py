@@ -23,6 +23,8 @@ from typing import Any
 
 from rich.table import Table
 
+from services.filter.checks import CHECK_REASONS
+
 #: Pipeline order of the stages that end tasks; the coordinator's sink is last (over_target).
 STAGE_ORDER = ("questiongen", "filter", "solver", "reward", "coordinator")
 SINK_STAGE = "coordinator"
@@ -38,14 +40,7 @@ STAGE_PASSED = {
 
 #: Filter checks in the order services/filter/stage.py runs them, with the reasons each one
 #: ends an item with. Only used to group filter rejections; unknown reasons get a step each.
-FILTER_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("length", ("too_short", "too_long")),
-    ("language", ("non_english_script", "unexpected_characters")),
-    ("dedup", ("duplicate",)),
-    ("near_dedup", ("near_duplicate",)),
-    ("contamination", ("contaminated",)),
-    ("solvability", ("judge_unsolvable", "judge_unparseable")),
-)
+FILTER_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = CHECK_REASONS
 
 #: Text columns whose lengths are reported (synthesis records, then QPO preference pairs).
 TEXT_FIELDS = ("question", "solution", "rejected", "chosen")

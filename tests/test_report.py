@@ -162,11 +162,14 @@ def test_helpers():
     assert distribution([]) is None
     assert parse_rejections({"filter/duplicate": 2, "odd": 1}) == {("filter", "duplicate"): 2, ("unknown", "odd"): 1}
     # a check seen in the records' verdicts keeps its place; rejected reasons are grouped by check
-    steps = filter_steps({"too_long": 1, "too_short": 2, "contaminated": 1}, ["length", "language", "contamination"])
-    assert steps == [("length", {"too_long": 1, "too_short": 2}), ("language", {}), ("contamination", {"contaminated": 1})]
+    steps = filter_steps({"too_long": 1, "too_short": 2, "contaminated": 1}, ["length", "language", "decontam"])
+    assert steps == [("length", {"too_long": 1, "too_short": 2}), ("language", {}), ("decontam", {"contaminated": 1})]
     # a known check the records do not show yet goes after its predecessor in the filter's order
-    steps = filter_steps({"near_duplicate": 1}, ["length", "language", "dedup", "solvability"])
-    assert [c for c, _ in steps] == ["length", "language", "dedup", "near_dedup", "solvability"]
+    steps = filter_steps({"contaminated": 1}, ["length", "language", "dedup", "solvability"])
+    assert [c for c, _ in steps] == ["length", "language", "decontam", "dedup", "solvability"]
+    # exact and near duplicates are one check (one verdict) with two reasons
+    steps = filter_steps({"near_duplicate": 1, "duplicate": 2}, ["length", "language", "dedup", "solvability"])
+    assert ("dedup", {"duplicate": 2, "near_duplicate": 1}) in steps
     # a stage this report has never heard of goes before the sink
     f = build_funnel(5, {("dedupsvc", "x"): 1, ("coordinator", "over_target"): 1}, {}, [])
     assert [s.stage for s in f] == ["dedupsvc", "coordinator"] and f[-1].passed == 3

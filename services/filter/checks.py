@@ -269,3 +269,14 @@ def parse_verdict(output: str) -> bool | None:
     # The explicit verdict must be in the conclusion: last one wins.
     _, word = max(candidates)
     return word.lower() == "yes"
+
+
+#: The filter's checks in the order the stage runs them, with the rejection reasons each can
+#: give (verdict ``check`` names and ``reason`` strings; reports and dashboards read this).
+CHECK_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("length", ("too_short", "too_long")),
+    ("language", ("non_english_script", "non_english_language", "unexpected_characters")),
+    ("decontam", ("contaminated",)),
+    ("dedup", ("duplicate", "near_duplicate")),
+    ("solvability", ("judge_unsolvable", "judge_unparseable")),
+)
