@@ -85,6 +85,8 @@ CANDIDATE_TYPE = pa.struct(
         pa.field("agreement", pa.float32()),
         pa.field("reward", pa.float32()),
         pa.field("seed", pa.int64()),
+        # reward-model score in [0, 1] (null when no reward model scored the candidate)
+        pa.field("rm_score", pa.float32()),
     ]
 )
 

@@ -279,4 +279,5 @@ CHECK_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decontam", ("contaminated",)),
     ("dedup", ("duplicate", "near_duplicate")),
     ("solvability", ("judge_unsolvable", "judge_unparseable")),
+    ("difficulty", ("too_easy",)),
 )

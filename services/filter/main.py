@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from libs.difficulty import build_difficulty_scorer
 from libs.engines.factory import engine_from_settings
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
@@ -35,10 +36,12 @@ async def build(settings: FilterSettings, infra: Infra, engine=None) -> StageSer
         decontam = await asyncio.to_thread(
             load_or_build, store, settings.decontam_source_list, settings.decontam_ngram, settings.decontam_field
         )
+    difficulty = await build_difficulty_scorer(settings)
     stage = FilterStage(
         engine,
         settings,
         KVDedupIndex(kv),
+        difficulty=difficulty,
         neardup=neardup,
         decontam=decontam,
         counters=counters,

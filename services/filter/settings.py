@@ -6,11 +6,18 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from libs.difficulty import DifficultyModelSettings
 from libs.settings import CommonSettings
 
 
-class FilterSettings(CommonSettings):
+class FilterSettings(CommonSettings, DifficultyModelSettings):
     grpc_port: int = Field(50062, ge=0, le=65535)
+    # --- learned difficulty (METHOD §4; libs/difficulty.py) ------------------------------
+    # With SQ_DIFFICULTY_MODEL set, every passing question gets `predicted_difficulty`; questions
+    # predicted easier than this are rejected as too_easy (the paper trims the easiest).
+    difficulty_min_predicted: float = Field(
+        0.0, ge=0, le=1, description="Reject questions whose predicted fail rate is below this (0 = keep all)."
+    )
     # --- length / language ----------------------------------------------------------
     max_question_chars: int = Field(16384, ge=1, description="Longest question accepted.")
     min_question_chars: int = Field(10, ge=1, description="Shorter questions are rejected as too_short.")

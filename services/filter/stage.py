@@ -73,9 +73,11 @@ class FilterStage:
         decontam: DecontamIndex | None = None,
         counters: StageCounters | None = None,
         runs: RunStates | None = None,
+        difficulty=None,
     ) -> None:
         self.engine = engine
         self.settings = settings
+        self.difficulty = difficulty  # libs.difficulty.DifficultyScorer or None
         self.dedup = dedup
         self.neardup = neardup
         self.decontam = decontam
@@ -176,6 +178,10 @@ class FilterStage:
         if self.runs and await self.runs.is_closed(q.run_id):
             return []
         res = await self.check(q.text, q.run_id, q.item_id, q.config.judge_enabled)
+        predicted = None
+        if res.failed is None and self.difficulty is not None:
+            predicted = await self.difficulty.predict_one(res.text)
+            res.verdicts.append(self.difficulty_verdict(predicted))
         failed = res.failed
         if self.counters:
             self.counters.add(q.run_id, processed=1, tokens=res.tokens, reason=failed.reason if failed else None)
@@ -186,7 +192,17 @@ class FilterStage:
         if self.settings.language_normalize:
             out.text = res.text
         out.verdicts.extend(res.verdicts)
+        if predicted is not None:
+            out.predicted_difficulty = predicted
         return [forward(subjects.SOLVE, out, q.item_id)]
+
+    def difficulty_verdict(self, predicted: float | None) -> pb.FilterVerdict:
+        """Last check, on questions that passed the others: the learned scorer's predicted fail
+        rate; below ``difficulty_min_predicted`` the question is too easy to keep."""
+        if predicted is None:  # longer than the scorer reads: kept, unscored
+            return verdict("difficulty", True, "", "not scored (too long for the difficulty model)")
+        ok = predicted >= self.settings.difficulty_min_predicted
+        return verdict("difficulty", ok, "" if ok else "too_easy", f"predicted fail rate {predicted:.2f}")
 
 
 def yes_no_probs(top: dict[str, float]) -> tuple[float, float]:

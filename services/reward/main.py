@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.engines.factory import engine_from_settings
+from libs.engines.pooling import ScoringEngine, get_scorer
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
@@ -16,13 +17,28 @@ from services.reward.stage import STAGE, RewardStage
 Settings = RewardSettings
 
 
-async def build(settings: RewardSettings, infra: Infra, engine=None) -> StageService:
+async def reward_model_from_settings(settings: RewardSettings) -> ScoringEngine | None:
+    """The reward model's scoring engine (one per process, from the registry); None when
+    ``SQ_REWARD_MODEL`` is empty."""
+    if not settings.reward_model:
+        return None
+    return await get_scorer(
+        settings.reward_model,
+        settings.reward_model_runner,
+        max_model_len=settings.reward_model_max_len,
+        dtype=settings.reward_model_dtype,
+        gpu_memory_utilization=settings.reward_model_gpu_memory_utilization,
+    )
+
+
+async def build(settings: RewardSettings, infra: Infra, engine=None, reward_model: ScoringEngine | None = None) -> StageService:
     if settings.judge_enabled:
         engine = engine or await engine_from_settings(settings)
     else:
         engine = None
+    reward_model = reward_model or await reward_model_from_settings(settings)
     counters = infra.counters(STAGE)
-    stage = RewardStage(engine, settings, counters=counters, runs=infra.run_states())
+    stage = RewardStage(engine, settings, reward_model=reward_model, counters=counters, runs=infra.run_states())
     server = GrpcServer(
         STAGE, settings, servicers=[(api_grpc.add_RewardServiceServicer_to_server, RewardServicer(stage), SERVICE_NAME)]
     )

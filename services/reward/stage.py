@@ -1,18 +1,24 @@
 """reward stage: scores candidates and selects one per question.
 
-Scores: answer agreement (share of candidates with a math-verify-equivalent answer) and a
+Scores: answer agreement (share of candidates with a math-verify-equivalent answer), a
 generative judge (probability the model assigns to "Yes" when asked whether the solution
-is correct); reward = weighted sum. Consumes ``SolvedQuestion`` (``scalequest.work.score``)
-and produces one ``Outcome`` on ``scalequest.work.sink``: a ``FinalRecord`` or a
-``Rejection`` (``no_answer``, ``insufficient_agreement``).
+is correct) and, when ``SQ_REWARD_MODEL`` is set, a reward model over (question, solution)
+rendered with its chat template (vLLM pooling runner or transformers; libs/engines/pooling.py),
+its raw score mapped to [0, 1] (``rm_score``); reward = weighted mean of the parts in use.
+Candidates without a final answer are never judged or reward-scored. Consumes
+``SolvedQuestion`` (``scalequest.work.score``) and produces one ``Outcome`` on
+``scalequest.work.sink``: a ``FinalRecord`` or a ``Rejection`` (``no_answer``,
+``insufficient_agreement``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 from libs.answers import group_equivalent
 from libs.engines.base import Engine, SamplingSpec
+from libs.engines.pooling import ScoringEngine
 from libs.items import SCHEMA, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
@@ -37,10 +43,12 @@ class RewardStage:
         engine: Engine | None,
         settings: RewardSettings,
         *,
+        reward_model: ScoringEngine | None = None,
         counters: StageCounters | None = None,
         runs: RunStates | None = None,
     ) -> None:
         self.engine = engine
+        self.reward_model = reward_model
         self.settings = settings
         self.counters = counters
         self.runs = runs
@@ -54,8 +62,28 @@ class RewardStage:
         return self._bins[spec]
 
     @property
+    def judging(self) -> bool:
+        return self.engine is not None and self.settings.judge_enabled
+
+    @property
     def scorer(self) -> str:
-        return "agreement+judge" if self.engine is not None and self.settings.judge_enabled else "agreement"
+        """The parts of the reward, e.g. "rm+agreement+judge"."""
+        parts = (["rm"] if self.reward_model is not None else []) + ["agreement"] + (["judge"] if self.judging else [])
+        return "+".join(parts)
+
+    async def rm_scores(self, question: str, cands: list[pb.Candidate]) -> list[float | None]:
+        """Reward-model score in [0, 1] per candidate; None for candidates without a final answer
+        or too long for the reward model's context."""
+        assert self.reward_model is not None
+        todo = [i for i, c in enumerate(cands) if c.answer]
+        out: list[float | None] = [None] * len(cands)
+        if not todo:
+            return out
+        chats = [[{"role": "user", "content": question}, {"role": "assistant", "content": cands[i].text}] for i in todo]
+        raw = await self.reward_model.score(chats, skip_overlong=True)
+        for i, value in zip(todo, normalize_rm(raw, self.settings.reward_model_normalize)):
+            out[i] = value
+        return out
 
     async def judge_score(self, question: str, solution: str) -> float:
         """P(Yes) / (P(Yes) + P(No)) of the first answer token; 0.5 when neither is in the top-k."""
@@ -69,26 +97,29 @@ class RewardStage:
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
 
     async def score(self, question: str, cands: list[pb.Candidate], rule: str, min_agreement: int) -> tuple[list[pb.Candidate], Selection]:
-        """Fill judge_score, agreement and reward on copies of `cands`, then select."""
+        """Fill rm_score, judge_score, agreement and reward on copies of `cands`, then select."""
         scored = [pb.Candidate() for _ in cands]
         for dst, src in zip(scored, cands):
             dst.CopyFrom(src)
         labels = await asyncio.to_thread(group_equivalent, [c.answer for c in scored])
         shares = agreement_shares(labels)
-        if self.engine is not None and self.settings.judge_enabled:
-            # Candidates without an answer can never be selected: don't spend a judge call on them.
-            judged = await asyncio.gather(
-                *(self.judge_score(question, c.text) if c.answer else _zero() for c in scored)
-            )
+        # Candidates without an answer can never be selected: don't spend a judge call on them.
+        if self.judging:
+            judge_task = asyncio.gather(*(self.judge_score(question, c.text) if c.answer else _zero() for c in scored))
         else:
-            judged = [0.0] * len(scored)
-        w_j = self.settings.judge_weight if self.engine is not None and self.settings.judge_enabled else 0.0
+            judge_task = _zeros(len(scored))
+        rm_task = self.rm_scores(question, scored) if self.reward_model is not None else _nones(len(scored))
+        judged, rms = await asyncio.gather(judge_task, rm_task)
+        w_j = self.settings.judge_weight if self.judging else 0.0
+        w_r = self.settings.reward_model_weight if self.reward_model is not None else 0.0
         w_a = self.settings.agreement_weight
-        total = (w_j + w_a) or 1.0
-        for c, share, j in zip(scored, shares, judged):
+        total = (w_j + w_a + w_r) or 1.0
+        for c, share, j, rm in zip(scored, shares, judged, rms):
             c.agreement = share
             c.judge_score = j
-            c.reward = (w_j * j + w_a * share) / total
+            if rm is not None:
+                c.rm_score = rm
+            c.reward = (w_j * j + w_a * share + w_r * (rm or 0.0)) / total
         sel = select(labels, [c.reward for c in scored], rule or self.settings.selection_rule, min_agreement or self.settings.min_agreement)
         return scored, sel
 
@@ -105,7 +136,7 @@ class RewardStage:
             sel.index, sel.rejected_reason = -1, "difficulty_mix"
             sel.reason = f"difficulty {difficulty:.2f} dropped by the target mix"
         if self.counters:
-            judged_n = sum(1 for c in scored if c.answer) if self.scorer != "agreement" else 0
+            judged_n = sum(1 for c in scored if c.answer) if self.judging else 0
             self.counters.add(q.run_id, processed=1, tokens=judged_n,
                               reason=sel.rejected_reason or None)
         if sel.index < 0:
@@ -130,3 +161,31 @@ class RewardStage:
 
 async def _zero() -> float:
     return 0.0
+
+
+async def _zeros(n: int) -> list[float]:
+    return [0.0] * n
+
+
+async def _nones(n: int) -> list[float | None]:
+    return [None] * n
+
+
+def normalize_rm(raw: list[float], mode: str) -> list[float | None]:
+    """Raw reward-model scores -> [0, 1]; NaN (not scored) -> None.
+
+    sigmoid: ``1 / (1 + exp(-raw))`` per candidate, so a score means the same across questions
+    (reward models trained as Bradley-Terry rankers output logits). minmax: rescaled over this
+    question's scored candidates, best = 1 and worst = 0 (0.5 when all tie): rank only.
+    """
+    ok = [x for x in raw if not math.isnan(x)]
+    if mode == "minmax":
+        lo, hi = (min(ok), max(ok)) if ok else (0.0, 0.0)
+        return [None if math.isnan(x) else ((x - lo) / (hi - lo) if hi > lo else 0.5) for x in raw]
+    if mode != "sigmoid":
+        raise ValueError(f"unknown reward-model normalization {mode!r}")
+    return [None if math.isnan(x) else _sigmoid(x) for x in raw]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

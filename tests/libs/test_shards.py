@@ -70,6 +70,7 @@ def make_record(i: int, run_id: str = "run1", n_candidates: int = 2) -> dict[str
                 "agreement": 0.75,
                 "reward": -1.5,
                 "seed": 7 * i + c,
+                "rm_score": 0.25,
             }
             for c in range(n_candidates)
         ],
@@ -93,6 +94,14 @@ def test_optional_columns_may_be_absent() -> None:
         del rec[name]
     (back,) = parquet_to_records(records_to_parquet([rec]))
     assert back["answered"] is None and back["predicted_difficulty"] is None and back["question"] == rec["question"]
+
+
+def test_candidate_rm_score_may_be_absent() -> None:
+    rec = make_record(1)
+    for c in rec["candidates"]:
+        del c["rm_score"]
+    (back,) = parquet_to_records(records_to_parquet([rec]))
+    assert all(c["rm_score"] is None for c in back["candidates"]) and back["candidates"][0]["reward"] == -1.5
 
 
 def test_parquet_schema_and_compression() -> None:

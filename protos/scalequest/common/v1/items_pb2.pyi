@@ -148,7 +148,7 @@ class Question(_message.Message):
     def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., run_id: _Optional[str] = ..., item_id: _Optional[str] = ..., seed: _Optional[int] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., text: _Optional[str] = ..., generator_model: _Optional[str] = ..., num_tokens: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[FilterVerdict, _Mapping]]] = ..., predicted_difficulty: _Optional[float] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("text", "answer", "num_tokens", "finish_reason", "judge_score", "agreement", "reward", "seed")
+    __slots__ = ("text", "answer", "num_tokens", "finish_reason", "judge_score", "agreement", "reward", "seed", "rm_score")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class Candidate(_message.Message):
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    RM_SCORE_FIELD_NUMBER: _ClassVar[int]
     text: str
     answer: str
     num_tokens: int
@@ -165,7 +166,8 @@ class Candidate(_message.Message):
     agreement: float
     reward: float
     seed: int
-    def __init__(self, text: _Optional[str] = ..., answer: _Optional[str] = ..., num_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., judge_score: _Optional[float] = ..., agreement: _Optional[float] = ..., reward: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    rm_score: float
+    def __init__(self, text: _Optional[str] = ..., answer: _Optional[str] = ..., num_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., judge_score: _Optional[float] = ..., agreement: _Optional[float] = ..., reward: _Optional[float] = ..., seed: _Optional[int] = ..., rm_score: _Optional[float] = ...) -> None: ...
 
 class SolvedQuestion(_message.Message):
     __slots__ = ("schema_version", "question", "solver_model", "candidates", "dropped_candidates")
