@@ -25,6 +25,7 @@ class CommonSettings(BaseSettings):
 
     # --- transport ---------------------------------------------------------------
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    nats_replicas: int = Field(1, ge=1, le=5, description="Replicas of the JetStream streams and KV buckets (3 on a clustered NATS).")
     grpc_host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
     grpc_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Max gRPC message size.")

@@ -125,7 +125,10 @@ async def cmd_serve(service: str) -> int:
         nc, js = await asyncio.wait_for(connect(settings.nats_url, name=f"scalequest-{service}"), 60)
     except Exception as e:
         raise ConfigError(f"cannot connect to NATS at SQ_NATS_URL={settings.nats_url}: {e}") from None
-    await ensure_topology(js, ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
+    # Same replicas as bootstrap: ensure_topology updates in place, so a smaller value here
+    # would shrink the streams bootstrap created.
+    await ensure_topology(js, ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver,
+                          replicas=settings.nats_replicas)
     kv = await js.key_value(RUNS_BUCKET)
     store = open_store(settings.store_url) if service == "coordinator" else None
     svc = await mod.build(settings, Infra(nc=nc, js=js, kv=kv, store=store))
@@ -160,14 +163,12 @@ async def load_status(run_id: str, store_url: str, nats_url: str | None) -> dict
 
 async def cmd_bootstrap(args) -> int:
     """Create or update every stream, work-queue consumer and KV bucket; safe to run any number
-    of times (Helm runs it as a pre-install/pre-upgrade hook). Exit 0 once the topology exists."""
-    import os
-
+    of times (the Helm chart runs it as a post-install/post-upgrade hook Job). Exit 0 once the topology exists."""
     from libs.queue.topology import connect, ensure_topology
     from libs.settings import CommonSettings, load_settings
 
     settings = load_settings(CommonSettings)
-    replicas = args.replicas or int(os.environ.get("SQ_NATS_REPLICAS", "1") or 1)
+    replicas = args.replicas or settings.nats_replicas
     try:
         # NATS may come up after this Job starts (same Helm release): retry until the timeout.
         nc, js = await asyncio.wait_for(connect(settings.nats_url, name="scalequest-bootstrap"), args.connect_timeout)

@@ -48,6 +48,9 @@ RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 STAGES = ("questiongen", "filter", "solver", "reward")
 
 
+#: State of a run between its end condition and its last shard + manifest being durable.
+FINISHING = "finishing"
+
 #: Seconds after a run's end at which status.json is written again with the stages' last
 #: counter flushes (they flush every second).
 STATUS_RESAVE_DELAY = 2.5
@@ -214,7 +217,8 @@ class RunManager:
             if not key.endswith(".state"):
                 continue
             st = await kv_get_json(self.kv, key)
-            if not st or st.get("state") != "running" or st["run_id"] in self.runs:
+            # a run whose coordinator died while finishing is taken over and finished again
+            if not st or st.get("state") not in ("running", FINISHING) or st["run_id"] in self.runs:
                 continue
             run_id = st["run_id"]
             cfg_d = await kv_get_json(self.kv, config_key(run_id))
@@ -400,8 +404,10 @@ class RunManager:
     async def _finish(self, run: Run, state: str) -> None:
         if run.state != "running":
             return
-        run.state = state  # stop admitting; outcomes that still arrive are counted as over_target
-        # Records already accepted are written before the end is announced.
+        # "finishing": admission stops and outcomes that still arrive count as over_target, but the
+        # run is not reported as ended until every accepted record is in a durable shard and the
+        # manifest says so (a reader that sees "completed" must find all the records).
+        run.state = FINISHING
         while run.buffer:
             await self._flush(run)
             if run.buffer:
@@ -409,6 +415,7 @@ class RunManager:
         run.ended_at = time.time()
         run.manifest.state = state
         await asyncio.to_thread(write_manifest, self.store, run.manifest)
+        run.state = state
         await self._save_state(run)
         end = pb.RunEnd(
             run_id=run.run_id,
