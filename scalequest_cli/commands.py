@@ -161,6 +161,69 @@ async def load_status(run_id: str, store_url: str, nats_url: str | None) -> dict
         return None
 
 
+def start_config(args) -> pb.RunConfig:
+    """RunConfig from `scalequest start` flags: flags left out stay unset, so the coordinator's
+    own defaults (SQ_RUN_*, the paper's settings) apply."""
+    cfg = pb.RunConfig(target=args.target, difficulty_keep=args.difficulty_keep)
+    if args.run_type:
+        cfg.run_type = pb.RUN_TYPE_QPO if args.run_type == "qpo" else pb.RUN_TYPE_SYNTHESIS
+    if args.seed:
+        cfg.seed = args.seed
+    if args.n_candidates:
+        cfg.n_candidates = args.n_candidates
+    if args.mode:
+        cfg.mode = pb.GENERATION_MODE_INSTRUCTED if args.mode == "instructed" else pb.GENERATION_MODE_SCRATCH
+    if args.selection_rule:
+        cfg.selection_rule = args.selection_rule
+    if args.min_agreement:
+        cfg.min_agreement = args.min_agreement
+    if args.no_judge:
+        cfg.judge_enabled = False
+    return cfg
+
+
+async def cmd_start(args) -> int:
+    """Start a run through a coordinator's gRPC API and follow its progress until it ends."""
+    from scalequest_cli.view import ProgressView, summary_table
+
+    console = Console(stderr=args.json)
+    t0 = time.monotonic()
+    async with grpc.aio.insecure_channel(args.coordinator) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
+        except asyncio.TimeoutError:
+            raise ConfigError(f"no coordinator answers at --coordinator {args.coordinator}") from None
+        stub = capi_grpc.CoordinatorServiceStub(channel)
+        try:
+            resp = await stub.StartRun(capi.StartRunRequest(config=start_config(args), run_id=args.run_id))
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ConfigError(f"the coordinator refused the run: {e.details()}") from None
+            raise
+        run_id = resp.run_id
+        console.print(f"run id: [bold cyan]{run_id}[/] on {args.coordinator}")
+        if args.detach:
+            if args.json:
+                print(json.dumps({"run_id": run_id}))
+            return 0
+        request = capi.StreamProgressRequest(run_id=run_id, interval_seconds=1.0)
+        if args.quiet or args.json:
+            async for _ in stub.StreamProgress(request):
+                pass
+        else:
+            with ProgressView(console, args.target) as view:
+                async for st in stub.StreamProgress(request):
+                    view.update(st)
+        final = (await stub.GetRun(capi.GetRunRequest(run_id=run_id))).status
+    wall = time.monotonic() - t0
+    console.print(summary_table(final, wall))
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps({"wall_seconds": wall, **MessageToDict(final, preserving_proto_field_name=True)}))
+    return 0 if final.state == "completed" else 1
+
+
 async def cmd_bootstrap(args) -> int:
     """Create or update every stream, work-queue consumer and KV bucket; safe to run any number
     of times (the Helm chart runs it as a post-install/post-upgrade hook Job). Exit 0 once the topology exists."""

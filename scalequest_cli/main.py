@@ -1,4 +1,5 @@
-"""`scalequest` command line: run (embedded pipeline), serve, status, export, report, prepare-model.
+"""`scalequest` command line: run (embedded pipeline), serve, status, export, report, prepare-model,
+train (QFT/QPO/SFT) and eval.
 
 User mistakes (bad flags, bad config, unreachable servers) end with a one-line message and a
 non-zero exit, never a traceback.
@@ -99,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["jsonl", "parquet"], required=True)
     ex.add_argument("--out", required=True, help="output file")
 
+    sr = sub.add_parser("start", help="start a run on a running coordinator (e.g. in Kubernetes) and follow it")
+    sr.add_argument("--coordinator", default=os.environ.get("SQ_COORDINATOR", "127.0.0.1:50060"),
+                    help="coordinator gRPC address HOST:PORT (default SQ_COORDINATOR or 127.0.0.1:50060)")
+    sr.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the coordinator")
+    sr.add_argument("--target", type=_positive("--target"), required=True, help="accepted pairs to produce")
+    sr.add_argument("--type", dest="run_type", choices=["synthesis", "qpo"], default=None)
+    sr.add_argument("--seed", type=_positive("--seed"), default=None)
+    sr.add_argument("--n-candidates", type=_positive("--n-candidates"), default=None)
+    sr.add_argument("--mode", choices=["scratch", "instructed"], default=None)
+    sr.add_argument("--selection-rule", choices=["top_reward", "majority_then_reward", "require_agreement"], default=None)
+    sr.add_argument("--min-agreement", type=_positive("--min-agreement"), default=None)
+    sr.add_argument("--difficulty-keep", default="", help="target difficulty mix UPPER:KEEP,...")
+    sr.add_argument("--no-judge", action="store_true", help="skip the solvability judge")
+    sr.add_argument("--run-id", default="", help="explicit run id")
+    sr.add_argument("--detach", action="store_true", help="print the run id and return without following")
+    sr.add_argument("--json", action="store_true", help="print the final status as JSON")
+    sr.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     bs = sub.add_parser("bootstrap", help="create the JetStream streams, consumers and KV buckets (idempotent; "
                         "the chart's hook Job); settings from SQ_* env")
     bs.add_argument("--replicas", type=_positive("--replicas"), default=None,
@@ -115,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pm = sub.add_parser("prepare-model", help="convert the packaged default model into the model cache")
     pm.add_argument("--cache-dir", default=None)
+
+    from services.trainer.cli import add_eval_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return ap
 
 
@@ -147,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             from scalequest_cli.commands import cmd_export
 
             return cmd_export(args)
+        if args.cmd == "start":
+            from scalequest_cli.commands import cmd_start
+
+            return asyncio.run(cmd_start(args))
         if args.cmd == "bootstrap":
             from scalequest_cli.commands import cmd_bootstrap
 
@@ -155,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             from scalequest_cli.commands import cmd_report
 
             return asyncio.run(cmd_report(args))
+        if args.cmd in ("train", "eval"):
+            from services.trainer.cli import run_cli
+
+            return run_cli(args)
         if args.cmd == "prepare-model":
             from libs.models.default_model import ensure_default_model
 

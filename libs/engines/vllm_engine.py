@@ -20,6 +20,7 @@ from typing import Any
 from libs.engines import templates
 from libs.engines.base import Completion, Engine, GenerationResult, SamplingSpec
 from libs.errors import InvalidArgument, NotReady
+from libs.models.resolve import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class VLLMEngine(Engine):
 
         on_cpu = current_platform.is_cpu()
         kwargs: dict[str, Any] = dict(
-            model=self.model_path,
+            model=resolve_model(self.model_path),
             served_model_name=self.model_name,
             max_model_len=self.max_model_len,
             dtype=self._dtype,
