@@ -132,7 +132,11 @@ def train_difficulty_head(
     checkpoint's dtype. Questions longer than `max_len` tokens are cut to their last `max_len`.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     if len(questions) != len(fail_rates) or not questions:
         raise ValueError(f"need as many fail rates as questions (got {len(questions)} and {len(fail_rates)}), at least one")

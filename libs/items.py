@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 
 from google.protobuf.message import DecodeError, Message
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.errors import PoisonMessage
 from libs.queue import subjects
 from libs.queue.worker import Publish
-from scalequest.common.v1 import items_pb2 as pb
 
 SCHEMA = pb.SCHEMA_VERSION_1
 

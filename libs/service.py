@@ -10,8 +10,9 @@ resources. The CLI hosts one service (``scalequest serve``) or all five in one p
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from libs.grpc.server import GrpcServer
 from libs.queue.subjects import WorkQueue

@@ -12,14 +12,19 @@ from pathlib import Path
 
 import grpc
 from rich.console import Console
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.coordinator.v1 import coordinator_pb2 as capi
+from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
 
 from libs.errors import ConfigError, NotFound
 from libs.settings import load_settings
 from libs.storage.objectstore import open_store
-from libs.storage.shards import list_shards, read_manifest, read_shard, records_to_parquet
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.coordinator.v1 import coordinator_pb2 as capi
-from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
+from libs.storage.shards import (
+    list_shards,
+    read_manifest,
+    read_shard,
+    records_to_parquet,
+)
 
 log = logging.getLogger("scalequest.cli")
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import os
 import sys
-import time
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1

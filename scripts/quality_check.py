@@ -46,12 +46,13 @@ def parse_args(argv=None):
 
 
 async def main(args) -> int:
+    from scalequest.common.v1 import items_pb2 as pb
+
     from libs.answers import equivalent, group_equivalent
     from libs.benchmarks import load_problems
     from libs.engines.factory import engine_from_settings
     from libs.engines.registry import close_all
     from libs.settings import load_settings
-    from scalequest.common.v1 import items_pb2 as pb
     from services.reward.selection import RULES, select
     from services.reward.settings import RewardSettings
     from services.reward.stage import RewardStage
@@ -129,7 +130,7 @@ async def main(args) -> int:
         "|---|---:|---:|---:|",
     ]
     for r in rows:
-        fmt = lambda x: "–" if x != x else f"{x:.1%}"  # noqa: E731  (nan -> dash)
+        fmt = lambda x: "–" if x != x else f"{x:.1%}"
         lines.append(f"| {r['rule']} | {fmt(r['selected'])} | {fmt(r['accuracy'])} | {fmt(r['precision'])} |")
     table = "\n".join(lines)
     print("\n" + table)

@@ -16,7 +16,12 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from libs.queue import subjects

@@ -11,8 +11,8 @@ from libs.storage.objectstore import (
     validate_key,
 )
 from libs.storage.shards import (
-    RECORD_SCHEMA,
     OPTIONAL_FIELDS,
+    RECORD_SCHEMA,
     REQUIRED_FIELDS,
     Manifest,
     ShardInfo,
@@ -32,8 +32,8 @@ from libs.storage.shards import (
 
 __all__ = [
     "DEFAULT_S3_ENDPOINT",
-    "RECORD_SCHEMA",
     "OPTIONAL_FIELDS",
+    "RECORD_SCHEMA",
     "REQUIRED_FIELDS",
     "LocalStore",
     "Manifest",

@@ -35,8 +35,8 @@ from libs.storage.objectstore import ObjectNotFound, ObjectStore, StoreError
 __all__ = [
     "CANDIDATE_TYPE",
     "FILTER_VERDICT_TYPE",
-    "RECORD_SCHEMA",
     "OPTIONAL_FIELDS",
+    "RECORD_SCHEMA",
     "REQUIRED_FIELDS",
     "SAMPLING_TYPE",
     "SCHEMA_VERSION",

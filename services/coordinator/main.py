@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.coordinator.v1 import coordinator_pb2_grpc as api_grpc
+
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
 from libs.service import Infra, StageService, WorkerSpec
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.coordinator.v1 import coordinator_pb2_grpc as api_grpc
 from services.coordinator.runs import STAGE, RunManager
 from services.coordinator.servicer import SERVICE_NAME, CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings

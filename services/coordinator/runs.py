@@ -27,19 +27,27 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from google.protobuf.json_format import MessageToDict, ParseDict
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.errors import InvalidArgument, NotFound, TransientError
 from libs.items import SCHEMA, item_ids, task_seed
 from libs.queue import subjects
 from libs.queue.kv import kv_get_json, kv_keys, kv_put_json
 from libs.queue.worker import Publish
-from libs.runstate import CLOSED_STATES, config_key, stage_key, state_key
+from libs.runstate import CLOSED_STATES, config_key, state_key
 from libs.storage.objectstore import ObjectStore
-from libs.storage.shards import PAIR_SCHEMA, RECORD_SCHEMA, Manifest, ShardWriter, existing_item_ids, read_manifest, write_manifest
-from scalequest.common.v1 import items_pb2 as pb
-from services.reward.difficulty import parse_keep
+from libs.storage.shards import (
+    PAIR_SCHEMA,
+    RECORD_SCHEMA,
+    Manifest,
+    ShardWriter,
+    existing_item_ids,
+    read_manifest,
+    write_manifest,
+)
 from services.coordinator.records import pair_row, record_row
 from services.coordinator.settings import CoordinatorSettings
+from services.reward.difficulty import parse_keep
 
 log = logging.getLogger("scalequest.coordinator")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from libs.errors import InvalidArgument
-from libs.runstate import CLOSED_STATES
 from scalequest.coordinator.v1 import coordinator_pb2 as api
 from scalequest.coordinator.v1 import coordinator_pb2_grpc as api_grpc
+
+from libs.errors import InvalidArgument
+from libs.runstate import CLOSED_STATES
 from services.coordinator.runs import RunManager, status_to_proto
 
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["CoordinatorService"].full_name

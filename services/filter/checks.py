@@ -35,22 +35,10 @@ _OTHER_SYMBOLS = set("°µ")
 # (a, in, on, die, was, do, son, pour, van...) and single letters (math variables) are left out
 # of both lists so that neither side counts them.
 _EN_WORDS = frozenset(
-    """the is are were be been of and to what how many much if has have had does did with for
-    that this it its his her he she they their them there each by from at which find will than
-    more less after before total every who when as or all some any into out then what's many
-    would could should can not but per its other same between""".split()
+    ["the", "is", "are", "were", "be", "been", "of", "and", "to", "what", "how", "many", "much", "if", "has", "have", "had", "does", "did", "with", "for", "that", "this", "it", "its", "his", "her", "he", "she", "they", "their", "them", "there", "each", "by", "from", "at", "which", "find", "will", "than", "more", "less", "after", "before", "total", "every", "who", "when", "as", "or", "all", "some", "any", "into", "out", "then", "what's", "many", "would", "could", "should", "can", "not", "but", "per", "its", "other", "same", "between"]
 )
 _FOREIGN_WORDS = frozenset(
-    """le la les des du un une est et dans avec combien quel quelle quels quelles sont pas au aux
-    ce cette qui que il elle ils elles leur pendant chaque apres après était avoir nombre
-    el los las del una uno es por para cuantos cuántos cuantas cuántas cuanto cuánto tiene tienen
-    cual cuál cada más mas entre si sus
-    der das und ist ein eine einen wie viele mit wenn sie sind nicht auch dann wird jede jeder
-    von zu dem
-    di che della delle degli gli sono quanti quante ogni anche
-    os uma quantos quantas não tem cada
-    het een hoeveel zijn niet ik
-    """.split()
+    ["le", "la", "les", "des", "du", "un", "une", "est", "et", "dans", "avec", "combien", "quel", "quelle", "quels", "quelles", "sont", "pas", "au", "aux", "ce", "cette", "qui", "que", "il", "elle", "ils", "elles", "leur", "pendant", "chaque", "apres", "après", "était", "avoir", "nombre", "el", "los", "las", "del", "una", "uno", "es", "por", "para", "cuantos", "cuántos", "cuantas", "cuántas", "cuanto", "cuánto", "tiene", "tienen", "cual", "cuál", "cada", "más", "mas", "entre", "si", "sus", "der", "das", "und", "ist", "ein", "eine", "einen", "wie", "viele", "mit", "wenn", "sie", "sind", "nicht", "auch", "dann", "wird", "jede", "jeder", "von", "zu", "dem", "di", "che", "della", "delle", "degli", "gli", "sono", "quanti", "quante", "ogni", "anche", "os", "uma", "quantos", "quantas", "não", "tem", "cada", "het", "een", "hoeveel", "zijn", "niet", "ik"]
 )
 _LATEX_CMD = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")

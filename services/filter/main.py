@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.filter.v1 import filter_pb2_grpc as api_grpc
+
 from libs.difficulty import build_difficulty_scorer
 from libs.engines.factory import engine_from_settings
 from libs.grpc.server import GrpcServer
@@ -12,8 +15,6 @@ from libs.queue import subjects
 from libs.queue.topology import dedup_kv
 from libs.service import Infra, StageService, WorkerSpec
 from libs.storage.objectstore import open_store
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.filter.v1 import filter_pb2_grpc as api_grpc
 from services.filter.decontam import load_or_build
 from services.filter.dedup import KVDedupIndex
 from services.filter.neardup import KVNearDupIndex, MinHashConfig

@@ -60,8 +60,7 @@ _WORD_HYPHEN = re.compile(r"(?<=[a-z0-9])-(?=[a-z]{2})")
 _NUMBER_WORDS = {
     w: str(i)
     for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
     )
 } | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90"}
 _SYNONYMS = {"neq": "ne", "leq": "le", "geq": "ge", "leqslant": "le", "geqslant": "ge", "dfrac": "frac",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from libs.errors import InvalidArgument
 from scalequest.filter.v1 import filter_pb2 as api
 from scalequest.filter.v1 import filter_pb2_grpc as api_grpc
+
+from libs.errors import InvalidArgument
 from services.filter.stage import FilterStage
 
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["FilterService"].full_name

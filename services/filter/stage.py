@@ -30,13 +30,19 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
+from scalequest.common.v1 import items_pb2 as pb
+
 from libs.engines.base import Engine, SamplingSpec
 from libs.items import forward, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
-from scalequest.common.v1 import items_pb2 as pb
-from services.filter.checks import check_language, dedup_key, normalize_typography, parse_verdict
+from services.filter.checks import (
+    check_language,
+    dedup_key,
+    normalize_typography,
+    parse_verdict,
+)
 from services.filter.decontam import DecontamIndex
 from services.filter.neardup import KVNearDupIndex
 from services.filter.prompts import detect_family, judge_prompt

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.questiongen.v1 import questiongen_pb2_grpc as api_grpc
+
 from libs.engines.factory import engine_from_settings
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
 from libs.service import Infra, StageService, WorkerSpec
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.questiongen.v1 import questiongen_pb2_grpc as api_grpc
-from services.questiongen.servicer import SERVICE_NAME, QuestionGenServicer
 from services.questiongen.rewrite import Rewriter
+from services.questiongen.servicer import SERVICE_NAME, QuestionGenServicer
 from services.questiongen.settings import QuestionGenSettings
 from services.questiongen.stage import STAGE, QuestionGenStage
 

@@ -16,8 +16,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from libs.engines.base import Engine, SamplingSpec
 from scalequest.common.v1 import items_pb2 as pb
+
+from libs.engines.base import Engine, SamplingSpec
 
 MARKER = "### Improved problem:"
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 
-from libs.errors import InvalidArgument
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.questiongen.v1 import questiongen_pb2 as api
 from scalequest.questiongen.v1 import questiongen_pb2_grpc as api_grpc
-from services.questiongen.settings import QuestionGenSettings
+
+from libs.errors import InvalidArgument
 from services.questiongen.rewrite import pick_goal
+from services.questiongen.settings import QuestionGenSettings
 from services.questiongen.stage import QuestionGenStage
 
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["QuestionGenService"].full_name

@@ -29,7 +29,7 @@ class QuestionGenSettings(CommonSettings):
     optimizer_max_tokens: int = Field(1024, ge=1, le=32768, description="Optimizer output budget.")
 
     @model_validator(mode="after")
-    def _optimizer(self) -> "QuestionGenSettings":
+    def _optimizer(self) -> QuestionGenSettings:
         if self.optimizer_engine == "openai" and not self.optimizer_base_url:
             raise ValueError("SQ_OPTIMIZER_BASE_URL is required when SQ_OPTIMIZER_ENGINE=openai")
         if self.optimizer_engine in ("vllm", "openai") and not self.optimizer_model:

@@ -13,15 +13,15 @@ reason (``rewrite_no_marker``, ``rewrite_empty``, ``rewrite_unchanged``, ``rewri
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
+
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.engines.base import Engine, SamplingSpec
 from libs.items import SCHEMA, forward, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
-from scalequest.common.v1 import items_pb2 as pb
 from services.questiongen.rewrite import Rewriter, pick_goal
 
 STAGE = "questiongen"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.reward.v1 import reward_pb2_grpc as api_grpc
+
 from libs.engines.factory import engine_from_settings
 from libs.engines.pooling import ScoringEngine, get_scorer
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
 from libs.service import Infra, StageService, WorkerSpec
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.reward.v1 import reward_pb2_grpc as api_grpc
 from services.reward.servicer import SERVICE_NAME, RewardServicer
 from services.reward.settings import RewardSettings
 from services.reward.stage import STAGE, RewardStage

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from libs.errors import InvalidArgument
 from scalequest.reward.v1 import reward_pb2 as api
 from scalequest.reward.v1 import reward_pb2_grpc as api_grpc
+
+from libs.errors import InvalidArgument
 from services.reward.selection import RULES
 from services.reward.stage import RewardStage
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import math
 
+from scalequest.common.v1 import items_pb2 as pb
+
 from libs.answers import group_equivalent
 from libs.engines.base import Engine, SamplingSpec
 from libs.engines.pooling import ScoringEngine
@@ -23,7 +25,6 @@ from libs.items import SCHEMA, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
-from scalequest.common.v1 import items_pb2 as pb
 from services.filter.stage import yes_no_probs
 from services.reward.difficulty import KeepBin, keep_for_mix, parse_keep
 from services.reward.selection import Selection, agreement_shares, select

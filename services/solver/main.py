@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.solver.v1 import solver_pb2_grpc as api_grpc
+
 from libs.engines.factory import engine_from_settings
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
 from libs.service import Infra, StageService, WorkerSpec
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.solver.v1 import solver_pb2_grpc as api_grpc
 from services.solver.servicer import SERVICE_NAME, SolverServicer
 from services.solver.settings import SolverSettings
 from services.solver.stage import STAGE, SolverStage

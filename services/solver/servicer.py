@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 
-from libs.errors import InvalidArgument
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.solver.v1 import solver_pb2 as api
 from scalequest.solver.v1 import solver_pb2_grpc as api_grpc
+
+from libs.errors import InvalidArgument
 from services.solver.settings import SolverSettings
 from services.solver.stage import SolverStage
 

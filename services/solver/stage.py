@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+from scalequest.common.v1 import items_pb2 as pb
+
 from libs.answers import extract_answer
 from libs.engines.base import Engine, SamplingSpec
 from libs.items import SCHEMA, forward, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
-from scalequest.common.v1 import items_pb2 as pb
 
 STAGE = "solver"
 

@@ -122,7 +122,7 @@ class _CompletionsStandIn(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _CompletionsStandIn
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         status = self.server.script.pop(0) if self.server.script else 200

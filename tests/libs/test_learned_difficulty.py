@@ -8,7 +8,12 @@ import math
 
 import pytest
 
-from libs.difficulty import DifficultyModelSettings, DifficultyScorer, build_difficulty_scorer, train_difficulty_head
+from libs.difficulty import (
+    DifficultyModelSettings,
+    DifficultyScorer,
+    build_difficulty_scorer,
+    train_difficulty_head,
+)
 from libs.engines.pooling import FakeScoringEngine, TransformersScoringEngine
 from libs.engines.registry import close_all
 from libs.settings import CommonSettings, load_settings

@@ -222,6 +222,7 @@ async def test_vllm_agrees_with_transformers(vllm_scorer, tiny_scorer_dir):
 async def test_vllm_reward_model_in_the_reward_stage(vllm_scorer):
     """The reward model's score lands on every answered candidate and decides top_reward."""
     from scalequest.common.v1 import items_pb2 as pb
+
     from services.reward.settings import RewardSettings
     from services.reward.stage import RewardStage, _sigmoid
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from libs.storage import (
-    RECORD_SCHEMA,
     OPTIONAL_FIELDS,
+    RECORD_SCHEMA,
     REQUIRED_FIELDS,
     LocalStore,
     Manifest,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.items import SCHEMA
 from libs.queue import subjects
 from libs.storage.objectstore import LocalStore, StoreError
 from libs.storage.shards import existing_item_ids, list_shards, read_manifest
-from scalequest.common.v1 import items_pb2 as pb
 from services.coordinator.runs import RunManager
 from services.coordinator.settings import CoordinatorSettings
 

@@ -4,11 +4,18 @@ difficulty mix (seeded per item, so redeliveries and reruns decide the same)."""
 from __future__ import annotations
 
 import pytest
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.errors import ConfigError
 from libs.settings import load_settings
-from scalequest.common.v1 import items_pb2 as pb
-from services.reward.difficulty import KeepBin, fail_rate, keep_for_mix, keep_probability, parse_keep, unit_draw
+from services.reward.difficulty import (
+    KeepBin,
+    fail_rate,
+    keep_for_mix,
+    keep_probability,
+    parse_keep,
+    unit_draw,
+)
 from services.reward.settings import RewardSettings
 from tests.services.test_pipeline_fake import run_pipeline
 

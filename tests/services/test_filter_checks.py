@@ -1,6 +1,11 @@
 import pytest
 
-from services.filter.checks import check_language, dedup_key, normalize_typography, parse_verdict
+from services.filter.checks import (
+    check_language,
+    dedup_key,
+    normalize_typography,
+    parse_verdict,
+)
 
 
 @pytest.mark.parametrize(

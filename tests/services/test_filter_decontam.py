@@ -16,7 +16,13 @@ from libs.service import Infra
 from libs.settings import load_settings
 from libs.storage.objectstore import open_store
 from services.filter import main as filter_main
-from services.filter.decontam import DecontamIndex, index_key, load_or_build, parse_sources, tokens
+from services.filter.decontam import (
+    DecontamIndex,
+    index_key,
+    load_or_build,
+    parse_sources,
+    tokens,
+)
 from services.filter.settings import FilterSettings
 from services.filter.stage import FilterStage
 

@@ -5,10 +5,10 @@ predicted easier than the threshold are rejected as too_easy."""
 from __future__ import annotations
 
 import pytest
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.difficulty import build_difficulty_scorer
 from libs.settings import load_settings
-from scalequest.common.v1 import items_pb2 as pb
 from services.filter.settings import FilterSettings
 from services.filter.stage import FilterStage
 from tests.fixtures.tiny_models import build_tiny_scorer, one_torch_thread

@@ -10,8 +10,6 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from libs.engines.scripted import math_engine
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.coordinator.v1 import coordinator_pb2 as capi
 from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
@@ -23,6 +21,8 @@ from scalequest.reward.v1 import reward_pb2 as rapi
 from scalequest.reward.v1 import reward_pb2_grpc as rapi_grpc
 from scalequest.solver.v1 import solver_pb2 as sapi
 from scalequest.solver.v1 import solver_pb2_grpc as sapi_grpc
+
+from libs.engines.scripted import math_engine
 from scalequest_cli.embedded import start_pipeline
 from services.registry import SERVICES
 

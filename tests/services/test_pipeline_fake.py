@@ -8,13 +8,13 @@ from contextlib import AsyncExitStack
 
 import grpc
 import pytest
+from scalequest.common.v1 import items_pb2 as pb
+from scalequest.coordinator.v1 import coordinator_pb2 as capi
+from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
 
 from libs.engines.scripted import math_engine
 from libs.storage.objectstore import open_store
 from libs.storage.shards import list_shards, read_manifest, read_shard
-from scalequest.common.v1 import items_pb2 as pb
-from scalequest.coordinator.v1 import coordinator_pb2 as capi
-from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
 from scalequest_cli.embedded import start_pipeline
 
 OVERRIDES = {

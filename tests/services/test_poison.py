@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
+from scalequest.common.v1 import items_pb2 as pb
+
 from libs.engines.scripted import math_engine
 from libs.queue import subjects
 from libs.queue.topology import connect
-from scalequest.common.v1 import items_pb2 as pb
 from scalequest_cli.embedded import start_pipeline
 from services.registry import SERVICES
 

@@ -8,12 +8,12 @@ from contextlib import AsyncExitStack
 
 import grpc
 import pytest
-
-from libs.engines.fake import FakeEngine
-from libs.engines.scripted import math_engine
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.questiongen.v1 import questiongen_pb2 as qapi
 from scalequest.questiongen.v1 import questiongen_pb2_grpc as qapi_grpc
+
+from libs.engines.fake import FakeEngine
+from libs.engines.scripted import math_engine
 from scalequest_cli.embedded import start_pipeline
 from services.questiongen.rewrite import MARKER, Rewriter, parse_rewrite, pick_goal
 from tests.services.test_pipeline_fake import OVERRIDES, run_pipeline

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.engines.fake import FakeEngine
 from libs.engines.pooling import FakeScoringEngine
 from libs.errors import ConfigError
 from libs.settings import load_settings
-from scalequest.common.v1 import items_pb2 as pb
 from services.coordinator.records import record_row
 from services.reward import main as reward_main
 from services.reward.settings import RewardSettings

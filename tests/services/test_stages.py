@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from scalequest.common.v1 import items_pb2 as pb
 
 from libs.engines.fake import FakeEngine
-from scalequest.common.v1 import items_pb2 as pb
 from services.filter.settings import FilterSettings
 from services.filter.stage import FilterStage
-from services.questiongen.stage import INSTRUCTED_PROMPT, QuestionGenStage, clean_question
+from services.questiongen.stage import (
+    INSTRUCTED_PROMPT,
+    QuestionGenStage,
+    clean_question,
+)
 from services.reward.settings import RewardSettings
 from services.reward.stage import RewardStage
 from services.solver.stage import SolverStage, solve_messages
