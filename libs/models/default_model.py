@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from libs.fileutil import replace_dir, sha256_file
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
@@ -79,12 +80,7 @@ def source_gguf_path() -> Path:
     raise FileNotFoundError(f"no .gguf file inside the installed {SOURCE_PACKAGE!r} package")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = sha256_file
 
 
 def _output_files(directory: Path) -> list[Path]:
@@ -215,13 +211,7 @@ def ensure_default_model(cache_dir: str | Path | None = None) -> Path:
             os.chmod(tmp, 0o755)
             for path in tmp.iterdir():
                 os.chmod(path, 0o644)
-            old = None
-            if target.exists():
-                old = target.with_name(f".{DEFAULT_MODEL_DIRNAME}.old-{os.getpid()}-{time.monotonic_ns()}")
-                target.rename(old)
-            tmp.rename(target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

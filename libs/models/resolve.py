@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from libs.fileutil import replace_dir, sha256_file
 from libs.models.default_model import default_cache_dir, ensure_default_model
 
 __all__ = ["MODEL_MANIFEST", "ModelResolveError", "is_store_uri", "model_cache_dir", "resolve_model"]
@@ -68,12 +69,7 @@ def model_cache_dir(uri: str, cache_dir: str | Path | None = None) -> Path:
     return cache / "store" / f"{safe}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = sha256_file
 
 
 @contextlib.contextmanager
@@ -180,13 +176,7 @@ def resolve_model(location: str | os.PathLike[str], cache_dir: str | Path | None
             _download(store, keys, fingerprint.get("files") or {}, tmp)
             (tmp / _CACHE_STAMP).write_text(json.dumps({**fingerprint, "resolved_at": time.time()}, indent=1))
             os.chmod(tmp, 0o755)
-            old = None
-            if local.exists():
-                old = local.with_name(f".{local.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-                local.rename(old)
-            tmp.rename(local)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, local)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

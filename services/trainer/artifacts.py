@@ -15,13 +15,13 @@ model cache; a local store's ``models/<name>`` is loadable in place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import time
 from pathlib import Path
 
+from libs.fileutil import sha256_file
 from libs.models.resolve import MODEL_MANIFEST
 from libs.storage.objectstore import ObjectStore
 
@@ -42,12 +42,7 @@ def model_prefix(name: str) -> str:
     return f"models/{check_name(name)}/"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = sha256_file
 
 
 def _files(directory: Path) -> list[Path]:
