@@ -70,23 +70,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _pdeathsig_preexec():
-    """Linux: a preexec_fn making the kernel SIGKILL the server when its parent dies (even by
-    SIGKILL). libc is loaded here, in the parent, so the child only makes one system call."""
+def _pdeathsig_prefix() -> list[str]:
+    """Linux: a command prefix making the kernel SIGKILL the server when its parent dies (even
+    by SIGKILL): util-linux ``setpriv --pdeathsig KILL`` sets it and execs the server (same pid).
+
+    Not a ``preexec_fn``: Python code between fork and exec is unsafe in a process that runs
+    gRPC (its fork handlers can abort the child: nats-server then "exits" with SIGABRT before
+    it ever starts). Without setpriv the server is still stopped by ``close()`` and at exit."""
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    PR_SET_PDEATHSIG = 1
-
-    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-    return preexec
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 class EmbeddedNats:
@@ -218,13 +212,13 @@ class EmbeddedNats:
         self._log_file.write(f"\n=== scalequest: starting {' '.join(args)}\n".encode())
         self._log_file.flush()
         in_main = threading.current_thread() is threading.main_thread()
+        # PDEATHSIG fires when the spawning *thread* exits, so only use it from the main thread.
+        prefix = _pdeathsig_prefix() if in_main else []
         self._proc = subprocess.Popen(
-            args,
+            [*prefix, *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            # PDEATHSIG fires when the spawning *thread* exits, so only use it from the main thread.
-            preexec_fn=_pdeathsig_preexec() if in_main else None,  # noqa: PLW1509 -- one prctl() call
             start_new_session=not in_main,  # keep terminal signals from reaching it twice
         )
 
