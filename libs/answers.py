@@ -67,6 +67,80 @@ def _normalize_simple(ans: str) -> str:
     return s
 
 
+# --- guard against answers that make sympy compute astronomically large numbers ----------
+# math-verify runs without its signal timeouts here (threads), and sympy evaluates e.g.
+# 10^{10^{10}}, 99999999999! or \binom{10^9}{5*10^8} exactly: one such answer would hold a
+# thread (and a CPU) forever. Such answers are compared as normalized strings only.
+_MAX_SYMPY_CHARS = 256
+_MAX_EXPONENT_PRODUCT = 100_000
+_MAX_FACTORIAL_ARG = 1000
+_BIG_OPS_RE = re.compile(r"\\(?:d|t)?binom|\\choose|\\gcd|\\lcm|\\prod|\\sum|\\operatorname")
+_DIGITS_RE = re.compile(r"\d+")
+# Symbolic answers: expanding (a+b+c+d)^{16} or a product of many sums is just as unbounded.
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_MAX_VARIABLES = 3
+_MAX_SYMBOLIC_EXPONENT_PRODUCT = 16
+_MAX_SYMBOLIC_GROUPS = 6
+
+
+def _exponents(ans: str) -> list[str]:
+    """The text of every exponent (after ``^`` or ``**``): a balanced ``{...}`` group or one token."""
+    out = []
+    for m in re.finditer(r"\^|\*\*", ans):
+        i = m.end()
+        while i < len(ans) and ans[i] == " ":
+            i += 1
+        if i < len(ans) and ans[i] in "{(":
+            close = "}" if ans[i] == "{" else ")"
+            depth, j = 0, i
+            while j < len(ans):
+                if ans[j] == ans[i]:
+                    depth += 1
+                elif ans[j] == close:
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            out.append(ans[i + 1 : j])
+        else:
+            tok = re.match(r"[-+]?\d+|\\?[A-Za-z]+|.", ans[i:])
+            out.append(tok.group(0) if tok else "")
+    return out
+
+
+def sympy_safe(ans: str) -> bool:
+    """Whether ``ans`` is small enough to hand to math-verify/sympy: short, exponents neither
+    nested nor large (their product at most 100000; 16 with variables), factorials of small
+    numbers only, no binomial/gcd/product/sum over big numbers, at most 3 variables and 6
+    parenthesized groups. A heuristic: it bounds the known ways to make sympy run for hours
+    with a short string; what it refuses is still compared as a normalized string."""
+    if len(ans) > _MAX_SYMPY_CHARS:
+        return False
+    variables = set(re.findall(r"[A-Za-z]", _COMMAND_RE.sub(" ", ans))) - {"e", "i"}
+    if variables and (len(variables) > _MAX_VARIABLES or ans.count("(") + ans.count("[") > _MAX_SYMBOLIC_GROUPS):
+        return False
+    limit = _MAX_SYMBOLIC_EXPONENT_PRODUCT if variables else _MAX_EXPONENT_PRODUCT
+    product = 1
+    for exp in _exponents(ans):
+        if any(op in exp for op in ("^", "**", "!")) or _BIG_OPS_RE.search(exp):
+            return False
+        for digits in _DIGITS_RE.findall(exp):
+            if len(digits) > 6:
+                return False
+            product *= max(1, int(digits))
+        if product > limit:
+            return False
+    for m in re.finditer(r"!", ans):
+        before = ans[: m.start()].rstrip()
+        if before.endswith(("}", ")", "]", "!")):
+            return False
+        run = re.search(r"(\d+)$", before)
+        if run and (len(run.group(1)) > 4 or int(run.group(1)) > _MAX_FACTORIAL_ARG):
+            return False
+    # binomials, gcd, products and sums are cheap only over small numbers
+    return not (_BIG_OPS_RE.search(ans) and any(len(d) > 4 for d in _DIGITS_RE.findall(ans)))
+
+
 @lru_cache(maxsize=65536)
 def _parsed(ans: str):
     from math_verify import parse
@@ -81,6 +155,8 @@ def equivalent(a: str, b: str) -> bool:
         return False
     if _normalize_simple(a) == _normalize_simple(b):
         return True
+    if not (sympy_safe(a) and sympy_safe(b)):
+        return False
     try:
         from math_verify import verify
 
@@ -88,7 +164,7 @@ def equivalent(a: str, b: str) -> bool:
         if not pa or not pb:
             return False
         return bool(verify(pa, pb, timeout_seconds=None))
-    except Exception as e:  # math-verify raises on exotic input; treat as not equivalent
+    except Exception as e:  # noqa: BLE001 - math-verify raises on exotic input; treat as not equivalent
         log.debug("math-verify failed on %r vs %r: %s", a, b, e)
         return False
 

@@ -9,6 +9,17 @@ traceback is logged under that ref and never sent. A status the handler set itse
 Unary-unary and unary-stream handlers are wrapped (the shapes every scalequest API uses);
 a synchronous unary-unary handler runs in the default executor. Synchronous unary-stream,
 client-streaming and bidi handlers (reflection) pass through unchanged.
+
+Limits (:class:`RpcLimits`, from the ``grpc_max_*`` settings), never applied to health and
+reflection:
+
+* at most ``grpc_max_concurrent_rpcs`` calls in flight per server; one more is refused with
+  RESOURCE_EXHAUSTED before its handler runs;
+* a unary call runs at most ``min(grpc_max_rpc_seconds, the caller's time remaining)``, a
+  server stream at most ``min(grpc_max_stream_seconds, the caller's time remaining)``; then the
+  handler is cancelled (engine work stops) and the call ends with DEADLINE_EXCEEDED;
+* a request that does not decode as the method's message is INVALID_ARGUMENT (grpc itself
+  would answer UNKNOWN with the parser's exception text).
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -129,16 +142,104 @@ def _in_thread(behavior):
     return run
 
 
+#: Services that are never limited (concurrency cap, server-side duration): probes and tooling
+#: must get through to an overloaded server.
+UNLIMITED_SERVICES = frozenset({
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+})
+
+
+@dataclass(frozen=True)
+class RpcLimits:
+    """Per-server call limits (0 = none). :meth:`from_settings` reads the ``grpc_max_*``
+    fields of :class:`~libs.settings.CommonSettings`; a settings object without them gets none."""
+
+    max_concurrent_rpcs: int = 0
+    max_rpc_seconds: float = 0.0
+    max_stream_seconds: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RpcLimits:
+        return cls(
+            max_concurrent_rpcs=int(getattr(settings, "grpc_max_concurrent_rpcs", 0) or 0),
+            max_rpc_seconds=float(getattr(settings, "grpc_max_rpc_seconds", 0) or 0),
+            max_stream_seconds=float(getattr(settings, "grpc_max_stream_seconds", 0) or 0),
+        )
+
+
+class _Undecodable:
+    """What a request that failed to deserialize is handed to the wrapper as."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer):
+    """Wrap a request deserializer so a parse failure reaches the handler wrapper (which answers
+    INVALID_ARGUMENT) instead of grpc's own UNKNOWN with the parser's exception text."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as e:  # noqa: BLE001 - any parser failure is the caller's bad bytes
+            return _Undecodable(e)
+
+    return deserialize
+
+
+def _service_of(full_method: str) -> str:
+    return full_method.lstrip("/").rpartition("/")[0]
+
+
+class _Budget:
+    """The time one call may take: the server's limit or the caller's deadline, the shorter."""
+
+    __slots__ = ("end", "why")
+
+    def __init__(self, context: aio.ServicerContext, server_limit: float, setting: str) -> None:
+        try:
+            remaining = context.time_remaining()
+        except (AttributeError, NotImplementedError):  # pragma: no cover - older grpcio
+            remaining = None
+        limit, self.why = None, ""
+        if server_limit > 0:
+            limit, self.why = server_limit, f"the server limit of {server_limit:g} s ({setting})"
+        if remaining is not None and (limit is None or remaining < limit):
+            limit, self.why = max(0.0, remaining), f"the caller's deadline ({max(0.0, remaining):.3g} s)"
+        self.end = None if limit is None else asyncio.get_running_loop().time() + limit
+
+    async def run(self, awaitable, full_method: str):
+        """Await ``awaitable`` within the budget; past it cancel it and raise TimeoutError."""
+        if self.end is None:
+            return await awaitable
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, self.end - loop.time()))
+        except asyncio.TimeoutError:
+            if loop.time() < self.end:  # the handler's own timeout, not ours
+                raise
+            raise asyncio.TimeoutError(f"{_method_label(full_method)} did not finish within {self.why}") from None
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Maps domain errors to status codes and records ``scalequest_grpc_server_*`` metrics
-    (labels: ``service`` slug, ``method`` as ``Service/Method``, ``code``).
+    (labels: ``service`` slug, ``method`` as ``Service/Method``, ``code``); enforces
+    ``limits`` (module doc) on every service but health and reflection.
 
     Handler calls run inside ``log_context(service=<slug>)`` so their log lines carry the
     right service even when several services share one process.
     """
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, limits: RpcLimits | None = None) -> None:
         self.service = service
+        self.limits = limits or RpcLimits()
+        self.in_flight = 0  # limited calls running now (the event loop is the only writer)
 
     async def intercept_service(
         self,
@@ -149,39 +250,64 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         full_method = handler_call_details.method
+        limited = _service_of(full_method) not in UNLIMITED_SERVICES
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
             if not inspect.iscoroutinefunction(behavior):
                 behavior = _in_thread(behavior)  # a plain `def` handler (e.g. generated Unimplemented)
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(behavior, full_method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(behavior, full_method, limited, self.limits.max_rpc_seconds, "SQ_GRPC_MAX_RPC_SECONDS"),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             if inspect.isasyncgenfunction(handler.unary_stream):
-                behavior = self._wrap_stream_generator(handler.unary_stream, full_method)
+                behavior = self._wrap_stream_generator(handler.unary_stream, full_method, limited)
             elif inspect.iscoroutinefunction(handler.unary_stream):
-                behavior = self._wrap_unary(handler.unary_stream, full_method)
+                behavior = self._wrap_unary(
+                    handler.unary_stream, full_method, limited, self.limits.max_stream_seconds, "SQ_GRPC_MAX_STREAM_SECONDS"
+                )
             else:
                 return handler
             return grpc.unary_stream_rpc_method_handler(
                 behavior,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, behavior, full_method: str):
+    def _admit(self, request, full_method: str, limited: bool) -> bool:
+        """Refuse an undecodable request or one over the concurrency cap (raises a domain
+        error); True when the call now counts as in flight."""
+        if isinstance(request, _Undecodable):
+            raise errors.InvalidArgument(
+                f"request is not a valid {_method_label(full_method)} message: {str(request.error)[:200]}"
+            )
+        if not limited:
+            return False
+        cap = self.limits.max_concurrent_rpcs
+        if cap and self.in_flight >= cap:
+            raise errors.ResourceExhausted(
+                f"{self.service} is handling {self.in_flight} RPCs, its limit (SQ_GRPC_MAX_CONCURRENT_RPCS={cap}); "
+                "retry later with backoff"
+            )
+        self.in_flight += 1
+        return True
+
+    def _wrap_unary(self, behavior, full_method: str, limited: bool, server_limit: float, setting: str):
         """Unary-unary, or unary-stream written with ``context.write``."""
         service = self.service
 
         async def wrapper(request, context):
             rpc = _Rpc(service, full_method)
+            counted = False
             try:
                 with log_context(service=service):
                     try:
-                        return await behavior(request, context)
+                        counted = self._admit(request, full_method, limited)
+                        budget = _Budget(context, server_limit if limited else 0.0, setting)
+                        return await budget.run(behavior(request, context), full_method)
                     except aio.AbortError:
                         rpc.code = _context_code(context) or grpc.StatusCode.UNKNOWN
                         raise
@@ -191,20 +317,32 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
                     except Exception as exc:  # noqa: BLE001 - mapping every error is the point
                         await rpc.fail(exc, context)
             finally:
+                if counted:
+                    self.in_flight -= 1
                 rpc.finish(context)
 
         return wrapper
 
-    def _wrap_stream_generator(self, behavior, full_method: str):
-        """Unary-stream written as an async generator."""
+    def _wrap_stream_generator(self, behavior, full_method: str, limited: bool):
+        """Unary-stream written as an async generator; the time budget covers the whole stream."""
         service = self.service
+        server_limit = self.limits.max_stream_seconds if limited else 0.0
 
         async def wrapper(request, context):
             rpc = _Rpc(service, full_method)
+            counted = False
+            stream = None
             try:
                 with log_context(service=service):
                     try:
-                        async for response in behavior(request, context):
+                        counted = self._admit(request, full_method, limited)
+                        budget = _Budget(context, server_limit, "SQ_GRPC_MAX_STREAM_SECONDS")
+                        stream = behavior(request, context)
+                        while True:
+                            try:
+                                response = await budget.run(stream.__anext__(), full_method)
+                            except StopAsyncIteration:
+                                break
                             yield response
                     except aio.AbortError:
                         rpc.code = _context_code(context) or grpc.StatusCode.UNKNOWN
@@ -215,6 +353,10 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
                     except Exception as exc:  # noqa: BLE001
                         await rpc.fail(exc, context)
             finally:
+                if stream is not None:
+                    await stream.aclose()
+                if counted:
+                    self.in_flight -= 1
                 rpc.finish(context)
 
         return wrapper

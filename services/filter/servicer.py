@@ -9,10 +9,15 @@ from scalequest.filter.v1 import filter_pb2 as api
 from scalequest.filter.v1 import filter_pb2_grpc as api_grpc
 
 from libs.errors import InvalidArgument
+from libs.grpc import validation as check
 from services.filter.stage import FilterStage
 
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["FilterService"].full_name
 MAX_QUESTIONS = 256
+#: Longest single question a request may carry (the filter's own length check rejects earlier).
+MAX_REQUEST_QUESTION_CHARS = 1024 * 1024
+#: Longest dedup_scope (it becomes part of NATS KV keys).
+MAX_SCOPE_CHARS = 64
 
 
 class FilterServicer(api_grpc.FilterServiceServicer):
@@ -20,17 +25,22 @@ class FilterServicer(api_grpc.FilterServiceServicer):
         self.stage = stage
 
     async def JudgeQuestions(self, request: api.JudgeQuestionsRequest, context) -> api.JudgeQuestionsResponse:
-        n = len(request.questions)
-        if not 1 <= n <= MAX_QUESTIONS:
-            raise InvalidArgument(f"questions must hold 1..{MAX_QUESTIONS} entries, got {n}")
-        for i, q in enumerate(request.questions):
-            if not q.strip():
-                raise InvalidArgument(f"questions[{i}] is empty")
+        settings = self.stage.settings
+        # Longer questions than max_question_chars are judged (rejected as too_long), not refused;
+        # the request as a whole is bounded by SQ_GRPC_MAX_REQUEST_CHARS.
+        check.texts("questions", request.questions, max_count=MAX_QUESTIONS, max_chars=MAX_REQUEST_QUESTION_CHARS)
+        if request.dedup_scope:
+            check.identifier("dedup_scope", request.dedup_scope, max_chars=MAX_SCOPE_CHARS)
+        scope = f"rpc-{request.dedup_scope}" if request.dedup_scope else ""
         if request.judge and self.stage.engine is None:
             raise InvalidArgument("judge=true but this filter runs without a judge model")
-        scope = f"rpc-{request.dedup_scope}" if request.dedup_scope else ""
-        if scope and not all(c.isalnum() or c in "-_" for c in request.dedup_scope):
-            raise InvalidArgument("dedup_scope may hold only letters, digits, '-' and '_'")
+        n = len(request.questions)
+        check.work(
+            settings,
+            tokens=n * settings.judge_max_tokens if request.judge else 0,
+            chars=sum(len(q) for q in request.questions),
+            what="questions x SQ_JUDGE_MAX_TOKENS",
+        )
         call = uuid.uuid4().hex[:8]
         results = await asyncio.gather(
             *(self.stage.check(q, scope, f"{call}-{i}", request.judge) for i, q in enumerate(request.questions))
