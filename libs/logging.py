@@ -7,8 +7,11 @@ which binds them for everything logged inside a ``with`` block (contextvars, so 
 asyncio tasks and does not leak between concurrent RPCs).
 
 Secrets never reach the output: :class:`RedactSecretsFilter` masks the values of environment
-variables whose names contain KEY, SECRET, PASSWORD or TOKEN wherever they appear in a
-message, its arguments, extras or a traceback.
+variables whose names contain SECRET, PASSWORD, PASSWD or CREDENTIAL, or the word KEY, TOKEN,
+PASS or APIKEY (``AWS_ACCESS_KEY_ID``, ``HF_TOKEN``; not ``SQ_GEN_MAX_TOKENS``) wherever they
+appear in a message, its arguments, extras or a traceback, and the password of any ``scheme://user:password@host`` URL (a NATS token URL
+``nats://token@host`` loses its whole user part). Values of ``*_FILE`` / ``*_TLS_*`` settings
+are file paths, not secrets, and stay readable.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import datetime as _dt
 import json as _json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -28,9 +32,17 @@ from typing import Any, TextIO
 CONTEXT_FIELDS = ("run_id", "stage", "item_id")
 #: Libraries whose INFO chatter drowns the service's own lines; WARNING unless level is DEBUG.
 NOISY_LOGGERS = ("nats", "grpc", "grpc._cython", "vllm", "httpx", "httpcore", "urllib3", "asyncio", "filelock")
-#: Environment variable names containing any of these mark their value as a secret.
-SECRET_NAME_PARTS = ("KEY", "SECRET", "PASSWORD", "TOKEN")
+#: Environment variable names containing any of these mark their value as a secret ...
+SECRET_NAME_PARTS = ("SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+#: ... and so do these as a whole ``_``-separated word (KEY in ACCESS_KEY_ID, not in MAX_KEYS;
+#: TOKEN in HF_TOKEN, not in SQ_GEN_MAX_TOKENS, whose value is a number seen in many lines).
+SECRET_NAME_WORDS = frozenset({"KEY", "TOKEN", "PASS", "APIKEY", "ACCESSKEY", "PASSPHRASE"})
+#: ... except these, whose values are paths to files (the file may hold a secret, its name is none).
+_PATH_NAME_RE = re.compile(r"(_FILE|_PATH|_DIR|_TLS_(KEY|CERT|CA|CLIENT_CA))$")
 MASK = "***"
+# scheme://user:password@ (password masked) and nats://token@ (token masked).
+_URL_PASSWORD_RE = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*):(?P<pw>[^\s/@'\"]+)@")
+_URL_TOKEN_RE = re.compile(r"(?P<pre>\b(?:nats|tls|ws|wss)://)(?P<tok>[^\s:/@'\"]+)@")
 
 _SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("sq_log_service", default=None)
 _CONTEXT: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("sq_log_context", default=None)
@@ -79,11 +91,17 @@ def current_log_context() -> dict[str, Any]:
     return dict(_CONTEXT.get() or {})
 
 
+def _secret_name(name: str) -> bool:
+    if _PATH_NAME_RE.search(name):
+        return False
+    return any(part in name for part in SECRET_NAME_PARTS) or not SECRET_NAME_WORDS.isdisjoint(name.split("_"))
+
+
 def _secret_values() -> list[str]:
     values = {
         value
         for name, value in os.environ.items()
-        if any(part in name.upper() for part in SECRET_NAME_PARTS)
+        if _secret_name(name.upper())
         and len(value) >= _MIN_SECRET_LEN
         and value.strip().lower() not in _NOT_SECRET
     }
@@ -92,10 +110,14 @@ def _secret_values() -> list[str]:
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` with every secret value (default: from the environment now) replaced by ***."""
+    """``text`` with every secret value (default: from the environment now) and every URL
+    password replaced by ***."""
     for value in _secret_values() if secrets is None else secrets:
         if value in text:
             text = text.replace(value, MASK)
+    if "@" in text and "://" in text:
+        text = _URL_PASSWORD_RE.sub(rf"\g<pre>:{MASK}@", text)
+        text = _URL_TOKEN_RE.sub(rf"\g<pre>{MASK}@", text)
     return text
 
 
@@ -110,11 +132,11 @@ class RedactSecretsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = _secret_values()
-        if not secrets:
-            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # bad format string: the formatter reports it as logging does
+            return True
+        if not secrets and "://" not in message and not record.exc_info and not record.exc_text:
             return True
         record.msg, record.args = redact(message, secrets), ()
         if record.exc_info and not record.exc_text:

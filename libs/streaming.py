@@ -53,6 +53,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from scalequest.common.v1 import items_pb2 as pb
 
 from libs.queue import subjects
+from libs.queue.auth import client_options_from_env, redact_url
 from libs.queue.topology import connect, stream_configs
 from libs.storage.objectstore import ObjectStore, open_store
 from libs.storage.shards import read_manifest, read_shard
@@ -219,8 +220,12 @@ class RunShardStream:
         ack_wait: float = 600.0,
         connect_timeout: float = 30.0,
         end_grace_seconds: float = 120.0,
+        connect_options: dict[str, Any] | None = None,
     ) -> None:
         self.nats_url = nats_url
+        #: nats.connect keywords (credentials, TLS); None = from the SQ_* environment (the
+        #: read-only ``trainer`` NATS user in a secured deployment, docs/security.md).
+        self.connect_options = connect_options
         self.run_id = run_id
         self.consumer = consumer
         self._store = open_store(store) if isinstance(store, str) else store
@@ -278,13 +283,14 @@ class RunShardStream:
             return self
 
     async def _astart(self) -> None:
+        opts = client_options_from_env() if self.connect_options is None else self.connect_options
         try:
             self._nc, self._js = await asyncio.wait_for(
-                connect(self.nats_url, name=f"scalequest-{self.consumer}", max_reconnect_attempts=60),
+                connect(self.nats_url, name=f"scalequest-{self.consumer}", max_reconnect_attempts=60, **opts),
                 self.connect_timeout,
             )
         except (asyncio.TimeoutError, OSError, nats.errors.Error) as e:
-            raise StreamError(f"cannot connect to NATS at {self.nats_url}: {e}") from None
+            raise StreamError(f"cannot connect to NATS at {redact_url(self.nats_url)}: {e}") from None
         js = self._js
         try:
             await js.stream_info(subjects.EVENTS_STREAM)

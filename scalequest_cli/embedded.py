@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from libs.engines.factory import engine_from_settings
+from libs.queue.auth import client_options_from_env
 from libs.queue.server import EmbeddedNats
 from libs.queue.subjects import RUNS_BUCKET
 from libs.queue.topology import connect, ensure_topology
@@ -53,7 +54,10 @@ async def start_pipeline(
         nats_url = nats.url
         log.info("embedded nats-server on %s", nats_url)
     store = await asyncio.to_thread(open_store, store_url)
-    nc, js = await connect(nats_url, name="scalequest-embedded")
+    # A given NATS: credentials/TLS from the SQ_* environment (all services share this
+    # connection and it declares the topology: the admin user on a secured server).
+    opts = client_options_from_env() if nats is None else {}
+    nc, js = await connect(nats_url, name="scalequest-embedded", **opts)
 
     async def close_nc() -> None:
         # The runtime group drains this connection during shutdown; this only covers a

@@ -19,7 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from libs.errors import ConfigError
-from libs.grpc.interceptors import ErrorMappingInterceptor
+from libs.grpc.interceptors import ErrorMappingInterceptor, RpcLimits
+from libs.tls import grpc_server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class GrpcServer:
 
     ``service`` is the slug (``filter``, ``solver``, ...) used in metric labels and logs.
     ``settings`` is a :class:`~libs.settings.CommonSettings` (``grpc_host``, ``grpc_port``,
-    ``grpc_max_message_bytes``, ``shutdown_grace_seconds``). ``options`` adds or overrides
+    ``grpc_max_message_bytes``, ``shutdown_grace_seconds``, and the ``grpc_max_*`` call limits
+    of :class:`~libs.grpc.interceptors.RpcLimits`). ``options`` adds or overrides
     channel arguments; ``interceptors`` run after the error-mapping one.
     """
 
@@ -67,7 +69,7 @@ class GrpcServer:
             **dict(options),
         }
         self._server = aio.server(
-            interceptors=[ErrorMappingInterceptor(service), *interceptors],
+            interceptors=[ErrorMappingInterceptor(service, RpcLimits.from_settings(settings)), *interceptors],
             options=list(merged.items()),
         )
         for add_fn, servicer, _name in servicers:
@@ -78,6 +80,10 @@ class GrpcServer:
             [*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], self._server
         )
         self.port: int | None = None
+        #: Plaintext health-only endpoint (SQ_GRPC_HEALTH_PORT; probes cannot speak TLS).
+        self.health_port: int | None = None
+        self._health_server: aio.Server | None = None
+        self.tls = False
         self.serving = False
         self._started = False
         self._stopped = False
@@ -102,8 +108,10 @@ class GrpcServer:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         host, port = self.settings.grpc_host, int(self.settings.grpc_port)
         address = _address(host, port)
+        creds = grpc_server_credentials(self.settings)  # TLS when SQ_GRPC_TLS_CERT is set
+        self.tls = creds is not None
         try:
-            bound = self._server.add_insecure_port(address)
+            bound = self._server.add_secure_port(address, creds) if creds else self._server.add_insecure_port(address)
         except RuntimeError as e:
             raise ConfigError(
                 f"SQ_GRPC_HOST={host!r} / SQ_GRPC_PORT={port}: cannot bind gRPC server to {address} "
@@ -111,15 +119,36 @@ class GrpcServer:
             ) from None
         if not bound:  # older grpcio reports failure as port 0
             raise ConfigError(f"SQ_GRPC_HOST={host!r} / SQ_GRPC_PORT={port}: cannot bind gRPC server to {address}")
+        health_port = int(getattr(self.settings, "grpc_health_port", 0) or 0)
+        if health_port:
+            await self._start_health_server(host, health_port)
         await self._server.start()
         self.port = bound
         self._started = True
         log.info(
-            "gRPC server listening on %s (services: %s; health NOT_SERVING)",
-            _address(host, bound), ", ".join(self.service_names) or "-",
+            "gRPC server listening on %s%s (services: %s; health NOT_SERVING)",
+            _address(host, bound), " with TLS" + (" (client certificates required)" if self.settings.grpc_tls_client_ca
+                                                  else "") if self.tls else "",
+            ", ".join(self.service_names) or "-",
             extra={"step": "grpc_start", "port": bound},
         )
         return bound
+
+    async def _start_health_server(self, host: str, port: int) -> None:
+        """A second, plaintext server with only the health service (the same statuses):
+        Kubernetes' gRPC probes cannot use TLS."""
+        server = aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = _address(host, port)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise ConfigError(
+                f"SQ_GRPC_HEALTH_PORT={port}: cannot bind the health endpoint to {address}: {str(e).split(';')[0]}"
+            ) from None
+        await server.start()
+        self._health_server, self.health_port = server, bound
+        log.info("gRPC health endpoint (plaintext, health only) on %s", _address(host, bound))
 
     async def set_serving(self, serving: bool) -> None:
         """Report every hosted service and the overall ``""`` service as SERVING or
@@ -144,6 +173,8 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()
         if self._started:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         log.info("gRPC server stopped", extra={"step": "grpc_stopped"})
 
     async def wait_for_termination(self) -> None:

@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,6 +31,7 @@ log = logging.getLogger("scalequest.queue")
 
 ENV_BINARY = "SQ_NATS_SERVER"
 LOG_NAME = "nats-server.log"
+CONFIG_NAME = "nats-server.conf"
 
 _live: weakref.WeakSet[EmbeddedNats] = weakref.WeakSet()
 
@@ -100,6 +101,10 @@ class EmbeddedNats:
         binary: str | None = None,
         startup_timeout: float = 20.0,
         extra_args: list[str] | None = None,
+        config: str | None = None,
+        probe_user: str | None = None,
+        probe_password: str | None = None,
+        probe_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self._fixed_port = port is not None
@@ -109,6 +114,14 @@ class EmbeddedNats:
         self._binary = binary
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args or [])
+        #: Extra nats-server configuration (e.g. an ``authorization {}`` or ``tls {}`` block),
+        #: written to ``<store>/nats-server.conf`` and passed with ``-c``; the command-line
+        #: flags (host, port, JetStream, store) still apply. ``probe_*``: how the readiness
+        #: probe logs in when that configuration requires a user or TLS.
+        self.config = config
+        self.probe_user = probe_user
+        self.probe_password = probe_password
+        self.probe_tls = probe_tls
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
         self._closed = False
@@ -208,6 +221,12 @@ class EmbeddedNats:
             "-sd", str(self.store_dir),
             *self.extra_args,
         ]  # fmt: skip
+        if self.config is not None:
+            conf = self.store_dir / CONFIG_NAME
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold passwords
+            with os.fdopen(fd, "w") as f:
+                f.write(self.config)
+            args += ["-c", str(conf)]
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 -- held open for the server's lifetime
         self._log_file.write(f"\n=== scalequest: starting {' '.join(args)}\n".encode())
         self._log_file.flush()
@@ -234,7 +253,8 @@ class EmbeddedNats:
                     raise _PortBusy(f"port {self.port} in use")
                 raise RuntimeError(f"nats-server exited with code {rc} during startup; log {self.log_path}:\n{tail}")
             try:
-                if _jetstream_ready(self.host, self.port, timeout=1.0):
+                if _jetstream_ready(self.host, self.port, timeout=1.0, user=self.probe_user,
+                                    password=self.probe_password, tls=self.probe_tls):
                     return
             except OSError as e:
                 last = e
@@ -272,14 +292,24 @@ class _PortBusy(RuntimeError):
     pass
 
 
-def _jetstream_ready(host: str, port: int, timeout: float = 1.0) -> bool:
+def _jetstream_ready(
+    host: str,
+    port: int,
+    timeout: float = 1.0,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> bool:
     """Speak just enough of the NATS protocol to ask ``$JS.API.INFO``; True on a non-error answer.
 
-    Raises OSError when nothing accepts connections yet.
+    ``user``/``password`` log in (a server with authorization); ``tls`` upgrades the
+    connection when the server requires TLS. Raises OSError when nothing accepts connections yet.
     """
-    inbox = "_SQ_PROBE." + os.urandom(6).hex()
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.settimeout(timeout)
+    inbox = "_INBOX.sqprobe" + os.urandom(6).hex()
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.settimeout(timeout)
+        s: socket.socket = raw
         buf = b""
         while b"\r\n" not in buf:
             chunk = s.recv(4096)
@@ -291,11 +321,19 @@ def _jetstream_ready(host: str, port: int, timeout: float = 1.0) -> bool:
         info = json.loads(buf.split(b"\r\n", 1)[0][5:])
         if not info.get("jetstream"):
             return False
-        connect = json.dumps({"verbose": False, "pedantic": False, "name": "sq-probe", "lang": "python"})
+        buf = buf.split(b"\r\n", 1)[1]
+        fields: dict[str, object] = {"verbose": False, "pedantic": False, "name": "sq-probe", "lang": "python"}
+        if info.get("tls_required"):
+            if tls is None:
+                return False
+            s = tls.wrap_socket(raw, server_hostname=host)
+            fields["tls_required"] = True
+        if user is not None:
+            fields.update(user=user, **{"pass": password or ""})
+        connect = json.dumps(fields)
         s.sendall(
             f"CONNECT {connect}\r\nSUB {inbox} 1\r\nPUB $JS.API.INFO {inbox} 0\r\n\r\nPING\r\n".encode()
         )
-        buf = buf.split(b"\r\n", 1)[1]
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             # MSG <subject> <sid> <size>\r\n<payload>\r\n

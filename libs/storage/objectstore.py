@@ -376,7 +376,8 @@ class S3Store(ObjectStore):
         self._prefix = prefix
         host, sec, display = _parse_endpoint(endpoint, secure)
         self._endpoint = display
-        self._secrets = tuple(s for s in (secret_key, session_token) if s)
+        # Never in a message: the keys (the access key id too: it names the account) and the token.
+        self._secrets = tuple(s for s in (secret_key, session_token, access_key) if s and len(s) >= 4)
         self._url = url or (f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}")
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),

@@ -62,7 +62,6 @@ def parse_generator(arg: str) -> tuple[str, str, str]:
 
 
 async def one_run(args, label: str, model: str, mode: str) -> dict[str, Any]:
-    import grpc
     from scalequest.coordinator.v1 import coordinator_pb2 as capi
     from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
 
@@ -88,7 +87,9 @@ async def one_run(args, label: str, model: str, mode: str) -> dict[str, Any]:
     t0 = time.monotonic()
     async with AsyncExitStack() as stack:
         pipe = await start_pipeline(nats_url=None, store_url=args.store, overrides=overrides, stack=stack)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{pipe.port('coordinator')}") as ch:
+        from libs.grpc.channel import open_channel
+
+        async with open_channel(f"127.0.0.1:{pipe.port('coordinator')}") as ch:  # TLS when SQ_GRPC_TLS_CA is set
             stub = capi_grpc.CoordinatorServiceStub(ch)
             run_id = (await stub.StartRun(capi.StartRunRequest(config=config, run_id=f"compare-{label}-{int(time.time())}"))).run_id
             last = -1

@@ -154,6 +154,18 @@ EVERYTHING = {
     **ALL_TRAINING,
 }
 
+# NATS users and TLS everywhere (docs/security.md); secrets only by name.
+SECURED = {
+    "natsAuth": {"enabled": True, "existingSecret": "sq-nats-users"},
+    "tls": {"grpc": {"enabled": True, "existingSecret": "sq-grpc-tls", "clientAuth": True},
+            "nats": {"enabled": True, "existingSecret": "sq-nats-tls", "clientCert": True}},
+    # what `scalequest nats-config --format json` gives, shortened (the bundled server's users)
+    "nats": {"config": {"merge": {"authorization": {"users": [
+        {"user": "admin", "password": "$2b$11$0123456789012345678901uOBpm6Np0a6F5Vj9QmSI/eB0ow6mQJ.",
+         "permissions": {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}}]}}}},
+    **ALL_TRAINING,
+}
+
 #: name -> (values files, overrides): the variants every structural test runs on.
 VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "defaults": ((), {}),
@@ -162,6 +174,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "training": ((), ALL_TRAINING),
     "external-nats-s3": ((), EXTERNAL),
     "everything": ((), EVERYTHING),
+    "secured": ((), SECURED),
 }
 
 

@@ -195,10 +195,16 @@ def test_probes_are_native_grpc_on_the_standard_health_service(rendered):
         service = importlib_servicer_name(c)
         ctr = containers(rendered.one("Deployment", c))[0]
         grpc_port = next(p["containerPort"] for p in ctr["ports"] if p["name"] == "grpc")
+        # with gRPC TLS the probes (plaintext only) ask the health-only port SQ_GRPC_HEALTH_PORT
+        health = rendered.configmap_data(c).get("SQ_GRPC_HEALTH_PORT")
+        probe_port = int(health) if health else grpc_port
+        if health:
+            assert {"name": "health", "containerPort": probe_port, "protocol": "TCP"} in ctr["ports"]
+            assert rendered.configmap_data(c)["SQ_GRPC_TLS_CERT"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             p = ctr[probe]
             assert set(p) & {"exec", "httpGet", "tcpSocket"} == set(), f"{c} {probe} is not gRPC"
-            assert p["grpc"]["port"] == grpc_port
+            assert p["grpc"]["port"] == probe_port
         assert ctr["readinessProbe"]["grpc"]["service"] == service
         assert ctr["startupProbe"]["grpc"]["service"] == service
         assert ctr["livenessProbe"]["grpc"]["service"] == ""
@@ -456,7 +462,21 @@ def test_helm_test_hooks(rendered):
         assert target == f"{svc.name}:{svc.obj['spec']['ports'][0]['port']}"
     (nats,) = [m for m in tests if m.name.endswith("-test-nats")]
     compile(containers(nats)[0]["args"][0], "nats_roundtrip.py", "exec")
-    assert {e["name"] for e in containers(nats)[0]["env"]} == {"SQ_NATS_URL"}
+    security = component_values(rendered, "natsAuth") if "natsAuth" in rendered.values else {}
+    tls = (rendered.values.get("tls") or {})
+    expected_env = {"SQ_NATS_URL"}
+    if security.get("enabled"):  # the round trip creates a scratch stream: the admin user
+        expected_env |= {"SQ_NATS_USER", "SQ_NATS_PASSWORD"}
+    if (tls.get("nats") or {}).get("enabled"):
+        expected_env |= {"SQ_NATS_TLS_CA", "SQ_NATS_TLS_CERT", "SQ_NATS_TLS_KEY"}
+    env = {e["name"]: e for e in containers(nats)[0]["env"]}
+    assert set(env) == expected_env
+    if security.get("enabled"):
+        assert env["SQ_NATS_USER"]["value"] == "admin"
+        assert env["SQ_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": security["existingSecret"], "key": "admin"}
+    for pod in health.values():  # with gRPC TLS the health check dials the Service with TLS
+        names = {e["name"] for e in containers(pod)[0].get("env") or []}
+        assert ("SQ_GRPC_TLS_CA" in names) == bool((tls.get("grpc") or {}).get("enabled")), pod.name
 
 
 def test_readme_documents_every_value():

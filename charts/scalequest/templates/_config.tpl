@@ -61,7 +61,89 @@ strings pydantic-settings parses.
 
 {{/* Settings the chart derives itself; `config` may not set them. name -> where to set it. */}}
 {{- define "scalequest.managedSettings" -}}
-{{- dict "SQ_NATS_URL" "nats.enabled / externalNats.url" "SQ_STORE_URL" "objectStore.url" "SQ_GRPC_HOST" "listenHost" "SQ_GRPC_PORT" "<component>.ports.grpc" "SQ_METRICS_PORT" "metrics.enabled / <component>.ports.metrics" "SQ_ACK_WAIT_SECONDS" "queue.ackWaitSeconds" "SQ_MAX_DELIVER" "queue.maxDeliver" "SQ_NATS_REPLICAS" "queue.replicas" | toJson }}
+{{- dict "SQ_NATS_URL" "nats.enabled / externalNats.url" "SQ_STORE_URL" "objectStore.url" "SQ_GRPC_HOST" "listenHost" "SQ_GRPC_PORT" "<component>.ports.grpc" "SQ_METRICS_PORT" "metrics.enabled / <component>.ports.metrics" "SQ_ACK_WAIT_SECONDS" "queue.ackWaitSeconds" "SQ_MAX_DELIVER" "queue.maxDeliver" "SQ_NATS_REPLICAS" "queue.replicas" "SQ_NATS_USER" "natsAuth.enabled" "SQ_NATS_PASSWORD" "natsAuth.existingSecret (never a ConfigMap)" "SQ_GRPC_TLS_CERT" "tls.grpc" "SQ_GRPC_TLS_KEY" "tls.grpc" "SQ_GRPC_TLS_CA" "tls.grpc" "SQ_GRPC_TLS_CLIENT_CA" "tls.grpc.clientAuth" "SQ_GRPC_HEALTH_PORT" "tls.grpc.healthPort" "SQ_NATS_TLS_CA" "tls.nats" "SQ_NATS_TLS_CERT" "tls.nats.clientCert" "SQ_NATS_TLS_KEY" "tls.nats.clientCert" | toJson }}
+{{- end }}
+
+{{/* Where the TLS Secrets are mounted (read-only) and the settings that point into them. */}}
+{{- define "scalequest.grpcTlsDir" -}}/etc/scalequest/tls/grpc{{- end }}
+{{- define "scalequest.natsTlsDir" -}}/etc/scalequest/tls/nats{{- end }}
+
+{{/* TLS settings (file paths, no secret material) as a name -> value dict (JSON).
+     Args: (dict "root" $ "grpc" bool "nats" bool) */}}
+{{- define "scalequest.tlsSettings" -}}
+{{- $v := .root.Values }}
+{{- $out := dict }}
+{{- if and .grpc $v.tls.grpc.enabled }}
+{{- $d := include "scalequest.grpcTlsDir" . }}
+{{- $_ := set $out "SQ_GRPC_TLS_CERT" (printf "%s/tls.crt" $d) }}
+{{- $_ := set $out "SQ_GRPC_TLS_KEY" (printf "%s/tls.key" $d) }}
+{{- $_ := set $out "SQ_GRPC_TLS_CA" (printf "%s/ca.crt" $d) }}
+{{- if $v.tls.grpc.clientAuth }}
+{{- $_ := set $out "SQ_GRPC_TLS_CLIENT_CA" (printf "%s/ca.crt" $d) }}
+{{- end }}
+{{- end }}
+{{- if and .nats $v.tls.nats.enabled }}
+{{- $d := include "scalequest.natsTlsDir" . }}
+{{- $_ := set $out "SQ_NATS_TLS_CA" (printf "%s/ca.crt" $d) }}
+{{- if $v.tls.nats.clientCert }}
+{{- $_ := set $out "SQ_NATS_TLS_CERT" (printf "%s/tls.crt" $d) }}
+{{- $_ := set $out "SQ_NATS_TLS_KEY" (printf "%s/tls.key" $d) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The same as env entries, for pods without a ConfigMap (bootstrap, tests, training). */}}
+{{- define "scalequest.tlsEnv" -}}
+{{- range $k, $val := include "scalequest.tlsSettings" . | fromJson }}
+- name: {{ $k }}
+  value: {{ $val | quote }}
+{{- end }}
+{{- end }}
+
+{{/* NATS login of a pod: the user name, and its password by reference to natsAuth.existingSecret
+     (key = the user name). Args: (dict "root" $ "user" "<user>") */}}
+{{- define "scalequest.natsAuthEnv" -}}
+{{- if .root.Values.natsAuth.enabled }}
+- name: SQ_NATS_USER
+  value: {{ .user | quote }}
+- name: SQ_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.natsAuth.existingSecret }}
+      key: {{ .user }}
+{{- end }}
+{{- end }}
+
+{{/* Read-only volumes of the TLS Secrets. Args: (dict "root" $ "grpc" bool "nats" bool) */}}
+{{- define "scalequest.tlsVolumes" -}}
+{{- $v := .root.Values }}
+{{- if and .grpc $v.tls.grpc.enabled }}
+- name: tls-grpc
+  secret:
+    secretName: {{ $v.tls.grpc.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if and .nats $v.tls.nats.enabled }}
+- name: tls-nats
+  secret:
+    secretName: {{ $v.tls.nats.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "scalequest.tlsVolumeMounts" -}}
+{{- $v := .root.Values }}
+{{- if and .grpc $v.tls.grpc.enabled }}
+- name: tls-grpc
+  mountPath: {{ include "scalequest.grpcTlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if and .nats $v.tls.nats.enabled }}
+- name: tls-nats
+  mountPath: {{ include "scalequest.natsTlsDir" . }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* ConfigMap data of a component: chart-managed connection settings, then common.config,
@@ -78,6 +160,12 @@ strings pydantic-settings parses.
 {{- $_ := set $data "SQ_ACK_WAIT_SECONDS" (include "scalequest.envValue" $root.Values.queue.ackWaitSeconds) }}
 {{- $_ := set $data "SQ_MAX_DELIVER" (include "scalequest.envValue" $root.Values.queue.maxDeliver) }}
 {{- $_ := set $data "SQ_NATS_REPLICAS" (include "scalequest.envValue" $root.Values.queue.replicas) }}
+{{- range $k, $v := include "scalequest.tlsSettings" (dict "root" $root "grpc" true "nats" true) | fromJson }}
+{{- $_ := set $data $k $v }}
+{{- end }}
+{{- if $root.Values.tls.grpc.enabled }}
+{{- $_ := set $data "SQ_GRPC_HEALTH_PORT" (include "scalequest.envValue" $root.Values.tls.grpc.healthPort) }}
+{{- end }}
 {{- range $k, $v := $root.Values.common.config }}
 {{- $_ := set $data $k (include "scalequest.envValue" $v) }}
 {{- end }}

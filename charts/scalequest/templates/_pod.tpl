@@ -163,6 +163,13 @@ containers:
       {{- with include "scalequest.secretEnv" (default dict $j.secretEnv) | trim }}
       {{- . | nindent 6 }}
       {{- end }}
+      {{- /* streaming SFT follows a run over NATS: the read-only trainer user */}}
+      {{- with include "scalequest.natsAuthEnv" (dict "root" $root "user" "trainer") | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
+      {{- with include "scalequest.tlsEnv" (dict "root" $root "grpc" false "nats" true) | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
     resources:
       {{- include "scalequest.resources" (dict "root" $root "resources" $j.resources "gpuCount" $gpus) | nindent 6 }}
     securityContext:
@@ -171,9 +178,15 @@ containers:
       {{- include "scalequest.volumeMounts" (dict "root" $root "shm" true "store" false) | nindent 6 }}
       - name: scratch
         mountPath: /work
+      {{- with include "scalequest.tlsVolumeMounts" (dict "root" $root "grpc" false "nats" true) | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
 volumes:
   {{- include "scalequest.volumes" (dict "root" $root "shm" true "shmSizeLimit" $j.shmSizeLimit "store" false) | nindent 2 }}
   - name: scratch
     emptyDir:
       sizeLimit: {{ $j.scratchSizeLimit }}
+  {{- with include "scalequest.tlsVolumes" (dict "root" $root "grpc" false "nats" true) | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end }}

@@ -23,11 +23,28 @@ and upgrade) and by configmap.yaml (so `helm template` fails the same way).
 {{- else if not $v.objectStore.existingClaim }}
 {{- fail (printf "\n\nscalequest: objectStore.url=%s is a directory, but pods have a read-only root filesystem and no shared disk: set objectStore.existingClaim to a ReadWriteMany PVC, or use an s3:// URL." $v.objectStore.url) }}
 {{- end }}
+{{- /* security: NATS users, TLS, no secret in a ConfigMap */}}
+{{- if and $v.natsAuth.enabled (not $v.natsAuth.existingSecret) }}
+{{- fail "\n\nscalequest: natsAuth.enabled needs natsAuth.existingSecret: a Secret with one password per NATS user (keys questiongen, filter, solver, reward, coordinator, admin, trainer; see docs/security.md)." }}
+{{- end }}
+{{- if and $v.natsAuth.enabled $v.nats.enabled (not (dig "config" "merge" "authorization" "" $v.nats)) }}
+{{- fail "\n\nscalequest: natsAuth.enabled with the bundled NATS needs the server's users: put the output of `scalequest nats-config --format json` (its \"authorization\" object) under nats.config.merge.authorization." }}
+{{- end }}
+{{- range $kind := list "grpc" "nats" }}
+{{- $t := index $v.tls $kind }}
+{{- if and $t.enabled (not $t.existingSecret) }}
+{{- fail (printf "\n\nscalequest: tls.%s.enabled needs tls.%s.existingSecret (a Secret with ca.crt, tls.crt and tls.key, e.g. from cert-manager)." $kind $kind) }}
+{{- end }}
+{{- end }}
+{{- $secretName := "(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|APIKEY|API_KEY|ACCESS_KEY|CREDENTIALS?)(_|$)" }}
 {{- /* components */}}
 {{- $managed := include "scalequest.managedSettings" . | fromJson }}
 {{- range $k, $_ := $v.common.config }}
 {{- if hasKey $managed $k }}
 {{- fail (printf "\n\nscalequest: common.config.%s is set by the chart; set %s instead." $k (get $managed $k)) }}
+{{- end }}
+{{- if regexMatch $secretName $k }}
+{{- fail (printf "\n\nscalequest: common.config.%s looks like a secret and would be stored in a ConfigMap; reference a Secret with common.secretEnv.%s: {name: ..., key: ...} instead." $k $k) }}
 {{- end }}
 {{- end }}
 {{- $anyKeda := false }}
@@ -38,6 +55,12 @@ and upgrade) and by configmap.yaml (so `helm template` fails the same way).
 {{- if hasKey $managed $k }}
 {{- fail (printf "\n\nscalequest: %s.config.%s is set by the chart; set %s instead." $name $k (replace "<component>" $name (get $managed $k))) }}
 {{- end }}
+{{- if regexMatch $secretName $k }}
+{{- fail (printf "\n\nscalequest: %s.config.%s looks like a secret and would be stored in a ConfigMap; reference a Secret with %s.secretEnv.%s: {name: ..., key: ...} instead." $name $k $name $k) }}
+{{- end }}
+{{- end }}
+{{- if and $v.tls.grpc.enabled (has (int $v.tls.grpc.healthPort) (list (int $c.ports.grpc) (int $c.ports.metrics))) }}
+{{- fail (printf "\n\nscalequest: tls.grpc.healthPort=%d clashes with a port of %s; pick another port." (int $v.tls.grpc.healthPort) $name) }}
 {{- end }}
 {{- $hpa := $c.autoscaling.hpa }}
 {{- $keda := $c.autoscaling.keda }}

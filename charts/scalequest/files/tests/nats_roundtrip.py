@@ -3,10 +3,13 @@ topology (work-queue streams, durable consumers, runs KV bucket) is in place.
 
 Publishes one message with a Nats-Msg-Id to a temporary in-memory stream, pulls it back with
 a durable consumer, acks it and deletes the stream. Exits 0 on success; passed to `python -c`.
+Logs in with SQ_NATS_USER/SQ_NATS_PASSWORD when set (natsAuth: the admin user) and uses TLS
+with SQ_NATS_TLS_CA (+ SQ_NATS_TLS_CERT/KEY) when set (tls.nats).
 """
 
 import asyncio
 import os
+import ssl
 import sys
 import uuid
 
@@ -18,9 +21,23 @@ WORK_QUEUES = {"SQ_GENERATE": "questiongen", "SQ_FILTER": "filter", "SQ_SOLVE": 
 RUNS_BUCKET = "sq-runs"
 
 
+def connect_options() -> dict:
+    opts = {}
+    if os.environ.get("SQ_NATS_USER"):
+        opts.update(user=os.environ["SQ_NATS_USER"], password=os.environ.get("SQ_NATS_PASSWORD", ""))
+    ca = os.environ.get("SQ_NATS_TLS_CA")
+    if ca:
+        ctx = ssl.create_default_context(cafile=ca)
+        if os.environ.get("SQ_NATS_TLS_CERT"):
+            ctx.load_cert_chain(os.environ["SQ_NATS_TLS_CERT"], os.environ["SQ_NATS_TLS_KEY"])
+        opts["tls"] = ctx
+    return opts
+
+
 async def main() -> int:
     url = os.environ["SQ_NATS_URL"]
-    nc = await nats.connect(url.split(","), connect_timeout=5, max_reconnect_attempts=5, name="scalequest-helm-test")
+    nc = await nats.connect(url.split(","), connect_timeout=5, max_reconnect_attempts=5, name="scalequest-helm-test",
+                            **connect_options())
     js = nc.jetstream()
     token = uuid.uuid4().hex[:12]
     stream = f"SQ_HELMTEST_{token.upper()}"
