@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run test test-slow test-all protos lint
+.PHONY: venv run test test-slow test-faults test-all protos lint
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,10 @@ test: venv
 # Longer tests (several real-model runs, fault scenarios).
 test-slow: venv
 	$(PY) -m pytest -m "slow and not gpu" -p no:cacheprovider
+
+# Fault injection only (also part of `make test`): kill -9, nats-server restart, S3 outage, poison.
+test-faults: venv
+	$(PY) -m pytest -m "faults" -p no:cacheprovider -s
 
 test-all: venv
 	$(PY) -m pytest -m "not gpu" -p no:cacheprovider

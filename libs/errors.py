@@ -31,10 +31,11 @@ class ConfigError(ScaleQuestError):
 class PoisonMessage(ScaleQuestError):
     """A queue message that can never be processed; dead-lettered with `reason`."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", item: object = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.item = item  # the decoded message, when it decoded (its item then ends as dead-lettered)
 
 
 class TransientError(ScaleQuestError):

@@ -29,6 +29,9 @@ def decoder(cls: type[Message]):
         run_id, item_id = item_ids(msg)
         if not run_id or not item_id:
             raise PoisonMessage("missing_field", "run_id and item_id are required")
+        question = msg.question if isinstance(msg, pb.SolvedQuestion) else msg
+        if isinstance(question, pb.Question) and not question.text.strip():
+            raise PoisonMessage("empty_question", f"item {item_id} carries no question text", item=msg)
         return msg
 
     return decode
@@ -66,6 +69,27 @@ def rejection(run_id: str, item_id: str, stage: str, reason: str, detail: str = 
         )
     )
     return Publish(subjects.SINK.subject, out.SerializeToString(), f"{item_id}.outcome")
+
+
+#: Rejection reason of an item a stage skipped because its run had already ended.
+RUN_CLOSED = "run_closed"
+
+#: Prefix of the rejection reason under which a dead-lettered item reaches the coordinator.
+DEAD_LETTER_PREFIX = "dlq_"
+
+
+def dead_letter_rejection(stage: str):
+    """The stage worker's ``on_dead_letter`` hook: a dead-lettered work item also ends as a
+    rejection (reason ``dlq_<reason>``) at the coordinator, so the run's accounting and its
+    admission control see it. ``scalequest dlq replay`` can bring the item back later."""
+
+    async def hook(item: Message, reason: str, detail: str) -> list[Publish]:
+        run_id, item_id = item_ids(item)
+        if not run_id or not item_id:
+            return []
+        return [rejection(run_id, item_id, stage, DEAD_LETTER_PREFIX + reason, detail)]
+
+    return hook
 
 
 def forward(queue: subjects.WorkQueue, msg: Message, item_id: str) -> Publish:

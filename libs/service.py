@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libs.grpc.server import GrpcServer
+from libs.items import dead_letter_rejection
 from libs.queue.subjects import WorkQueue
 from libs.queue.worker import StageWorker
 from libs.runstate import RunStates, StageCounters
@@ -45,6 +46,8 @@ class WorkerSpec:
     queue: WorkQueue
     decode: Callable[[bytes], Any]
     handler: Callable[[list[Any]], Awaitable[list]]
+    #: Outputs for a dead-lettered item; default: a ``dlq_<reason>`` rejection to the coordinator.
+    on_dead_letter: Callable[[Any, str, str], Awaitable[list]] | None = None
 
 
 @dataclass
@@ -91,6 +94,8 @@ class StageService:
             max_deliver=s.max_deliver,
             ack_wait=s.ack_wait_seconds,
             concurrency=s.worker_concurrency,
+            on_dead_letter=spec.on_dead_letter or dead_letter_rejection(self.name),
+            max_message_bytes=s.queue_max_message_bytes,
         )
         await self.worker.start()
         self.runtime.register_worker(self.worker)

@@ -17,6 +17,7 @@ from scalequest.coordinator.v1 import coordinator_pb2 as capi
 from scalequest.coordinator.v1 import coordinator_pb2_grpc as capi_grpc
 
 from libs.errors import ConfigError, NotFound
+from libs.grpc.channel import open_channel
 from libs.settings import load_settings
 from libs.storage.objectstore import open_store
 from libs.storage.shards import (
@@ -81,7 +82,7 @@ async def cmd_run(args) -> int:
         console.print("[bold]scalequest[/] starting embedded pipeline (NATS, object store, engine, 5 services)...")
         pipe = await start_pipeline(nats_url=args.nats_url, store_url=args.store, overrides=run_overrides(args), stack=stack)
         t_ready = time.monotonic()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{pipe.port('coordinator')}")
+        channel = open_channel(f"127.0.0.1:{pipe.port('coordinator')}")  # TLS when SQ_GRPC_TLS_CA is set
         stack.push_async_callback(channel.close)
         stub = capi_grpc.CoordinatorServiceStub(channel)
         name = args.model if args.model != "default" else "SmolLM2-135M-Instruct"
@@ -115,9 +116,19 @@ async def cmd_run(args) -> int:
     return 0 if final.state == "completed" else 1
 
 
+#: How long `serve` under a restricted NATS user waits for the bootstrap to create its topology.
+TOPOLOGY_WAIT_SECONDS = 300.0
+
+
 async def cmd_serve(service: str) -> int:
     from libs.engines.registry import close_all
     from libs.logging import setup_logging
+    from libs.queue.auth import (
+        client_options,
+        manages_topology,
+        redact_url,
+        verify_topology,
+    )
     from libs.queue.subjects import RUNS_BUCKET
     from libs.queue.topology import connect, ensure_topology
     from libs.service import Infra
@@ -126,14 +137,18 @@ async def cmd_serve(service: str) -> int:
     mod = service_module(service)
     settings = load_settings(mod.Settings)
     setup_logging(settings.log_level, json=settings.log_json, service=service)
+    nats_opts = client_options(settings)  # credentials + TLS (docs/security.md)
     try:
-        nc, js = await asyncio.wait_for(connect(settings.nats_url, name=f"scalequest-{service}"), 60)
+        nc, js = await asyncio.wait_for(connect(settings.nats_url, name=f"scalequest-{service}", **nats_opts), 60)
     except Exception as e:
-        raise ConfigError(f"cannot connect to NATS at SQ_NATS_URL={settings.nats_url}: {e}") from None
-    # Same replicas as bootstrap: ensure_topology updates in place, so a smaller value here
-    # would shrink the streams bootstrap created.
-    await ensure_topology(js, ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver,
-                          replicas=settings.nats_replicas)
+        raise ConfigError(f"cannot connect to NATS at SQ_NATS_URL={redact_url(settings.nats_url)}: {e}") from None
+    if manages_topology(settings):
+        # Same replicas as bootstrap: ensure_topology updates in place, so a smaller value here
+        # would shrink the streams bootstrap created.
+        await ensure_topology(js, ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver,
+                              replicas=settings.nats_replicas)
+    else:  # a restricted NATS user may not create anything: bootstrap (admin) does, maybe right now
+        await verify_topology(js, service, wait_seconds=TOPOLOGY_WAIT_SECONDS)
     kv = await js.key_value(RUNS_BUCKET)
     store = open_store(settings.store_url) if service == "coordinator" else None
     svc = await mod.build(settings, Infra(nc=nc, js=js, kv=kv, store=store))
@@ -146,16 +161,19 @@ async def load_status(run_id: str, store_url: str, nats_url: str | None) -> dict
     """A run's status dict: live from the KV bucket when NATS is given and knows the run, else
     ``runs/<id>/status.json`` (written when a run closes), else None."""
     if nats_url:
+        from nats.js.errors import BucketNotFoundError
+
+        from libs.queue.auth import client_options_from_env
         from libs.queue.subjects import RUNS_BUCKET
         from libs.queue.topology import connect
         from services.coordinator.runs import RunManager
         from services.coordinator.settings import CoordinatorSettings
 
-        nc, js = await asyncio.wait_for(connect(nats_url, name="scalequest-status"), 10)
+        nc, js = await asyncio.wait_for(connect(nats_url, name="scalequest-status", **client_options_from_env()), 10)
         try:
             kv = await js.key_value(RUNS_BUCKET)
             return await RunManager(CoordinatorSettings(), js, kv, None).status(run_id)
-        except NotFound:
+        except (NotFound, BucketNotFoundError):  # unknown run, or a NATS without the topology
             pass
         finally:
             await nc.close()
@@ -193,7 +211,7 @@ async def cmd_start(args) -> int:
 
     console = Console(stderr=args.json)
     t0 = time.monotonic()
-    async with grpc.aio.insecure_channel(args.coordinator) as channel:
+    async with open_channel(args.coordinator) as channel:  # TLS when SQ_GRPC_TLS_CA is set
         try:
             await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         except asyncio.TimeoutError:
@@ -232,17 +250,20 @@ async def cmd_start(args) -> int:
 async def cmd_bootstrap(args) -> int:
     """Create or update every stream, work-queue consumer and KV bucket; safe to run any number
     of times (the Helm chart runs it as a post-install/post-upgrade hook Job). Exit 0 once the topology exists."""
+    from libs.queue.auth import client_options, redact_url
     from libs.queue.topology import connect, ensure_topology
     from libs.settings import CommonSettings, load_settings
 
     settings = load_settings(CommonSettings)
     replicas = args.replicas or settings.nats_replicas
+    nats_opts = client_options(settings)  # the admin user when NATS has authorization (docs/security.md)
     try:
         # NATS may come up after this Job starts (same Helm release): retry until the timeout.
-        nc, js = await asyncio.wait_for(connect(settings.nats_url, name="scalequest-bootstrap"), args.connect_timeout)
+        nc, js = await asyncio.wait_for(connect(settings.nats_url, name="scalequest-bootstrap", **nats_opts),
+                                        args.connect_timeout)
     except (asyncio.TimeoutError, OSError) as e:
         raise ConfigError(
-            f"cannot connect to NATS at SQ_NATS_URL={settings.nats_url} within {args.connect_timeout:.0f}s {e}".rstrip()
+            f"cannot connect to NATS at SQ_NATS_URL={redact_url(settings.nats_url)} within {args.connect_timeout:.0f}s {e}".rstrip()
         ) from None
     try:
         await ensure_topology(
@@ -251,7 +272,7 @@ async def cmd_bootstrap(args) -> int:
         streams = [s.config.name for s in await js.streams_info()]
     finally:
         await nc.drain()
-    print(f"JetStream topology ready on {settings.nats_url}: streams {', '.join(sorted(streams))}")
+    print(f"JetStream topology ready on {redact_url(settings.nats_url)}: streams {', '.join(sorted(streams))}")
     if args.check_store:
         store = open_store(settings.store_url)
         key = "health/bootstrap-check"
@@ -340,4 +361,27 @@ async def cmd_report(args) -> int:
             console.print(table)
     if png:
         print(f"report PNG: {png}", file=sys.stderr)
+    return 0
+
+
+def cmd_nats_config(args) -> int:
+    """Print (or write) the nats-server ``authorization`` block for the pipeline's users."""
+    import os
+
+    from libs.queue import auth
+
+    users = [u.strip() for u in args.users.split(",") if u.strip()] or list(auth.USERS)
+    passwords = auth.passwords_from_env(users)
+    if args.passwords_dir:
+        if not os.path.isdir(args.passwords_dir):
+            raise ConfigError(f"--passwords-dir {args.passwords_dir}: not a directory")
+        passwords.update(auth.passwords_from_dir(args.passwords_dir, users))
+    text = auth.render_config(passwords, hash_passwords=not args.plain, users=users, fmt=args.fmt)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    print(f"wrote NATS authorization for {', '.join(users)} to {args.out}", file=sys.stderr)
     return 0

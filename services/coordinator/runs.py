@@ -5,10 +5,13 @@
   admits only as many as the observed acceptance rate says are still needed, so backpressure
   reaches the generator and a run stops close to its target.
 - The sink consumes ``Outcome`` messages (``scalequest.work.sink``): exactly one per task.
-  Rejections are counted per (stage, reason); records are buffered and written as Parquet
-  shards (at most ``shard_max_records`` rows or ``shard_max_seconds`` old). A record's input
-  message is acked only after the shard holding it is durable, and item ids are deduplicated,
-  so a crash loses nothing and writes nothing twice.
+  Rejections are counted per (stage, reason) and recorded per item in the ledger
+  (``libs/queue/ledger.py``) before their message is acked; records are buffered and written
+  as Parquet shards (at most ``shard_max_records`` rows or ``shard_max_seconds`` old). A
+  record's input message is acked only after the shard holding it is durable, and item ids
+  are deduplicated against the shards and the ledger, so a crash (of any process, NATS or the
+  object store) loses nothing and counts or writes nothing twice. A shard or manifest write
+  that fails is retried in place until the store is back; admission publishes are retried too.
 - Each durable shard is announced on ``scalequest.events.<run>.shard``; the end of a run on
   ``scalequest.events.<run>.end``. State and counters live in KV (``run.<id>.state``) and in
   ``runs/<id>/status.json`` beside the manifest, so they outlive the NATS server.
@@ -30,9 +33,9 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from scalequest.common.v1 import items_pb2 as pb
 
 from libs.errors import InvalidArgument, NotFound, TransientError
-from libs.items import SCHEMA, item_ids, task_seed
-from libs.queue import subjects
-from libs.queue.kv import kv_get_json, kv_keys, kv_put_json
+from libs.items import DEAD_LETTER_PREFIX, SCHEMA, item_ids, task_seed
+from libs.queue import ledger, subjects
+from libs.queue.kv import kv_get_json, kv_keys, kv_put_json, kv_update_json
 from libs.queue.worker import Publish
 from libs.runstate import CLOSED_STATES, config_key, state_key
 from libs.storage.objectstore import ObjectStore
@@ -43,6 +46,7 @@ from libs.storage.shards import (
     ShardWriter,
     existing_item_ids,
     read_manifest,
+    reconcile_manifest,
     write_manifest,
 )
 from services.coordinator.records import pair_row, record_row
@@ -52,6 +56,9 @@ from services.reward.difficulty import parse_keep
 log = logging.getLogger("scalequest.coordinator")
 
 STAGE = "coordinator"
+#: Seconds without a new outcome after which buffered records are written (every sink fetch
+#: loop may be waiting for them, so waiting for more records would only stall the run).
+SINK_IDLE_FLUSH = 0.3
 RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 STAGES = ("questiongen", "filter", "solver", "reward")
 
@@ -80,9 +87,14 @@ class Run:
     accepted: int = 0
     shards: int = 0
     rejections: Counter = field(default_factory=Counter)  # (stage, reason) -> n
-    seen: set = field(default_factory=set)
+    seen: set = field(default_factory=set)  # items with a terminal outcome (shards + ledger)
+    dead: dict = field(default_factory=dict)  # item_id -> (stage, reason) of dead-lettered items
+    recording: set = field(default_factory=set)  # items whose ledger write is in flight
     buffer: list = field(default_factory=list)  # (row, future)
     buffer_since: float = 0.0
+    flush_failures: int = 0  # shard writes failed in a row (store unavailable)
+    retry_at: float = 0.0  # monotonic time of the next shard write attempt after a failure
+    manifest_dirty: bool = False  # the manifest lacks a durable shard (its write failed)
     writer: ShardWriter | None = None
     manifest: Manifest | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,7 +116,7 @@ class Run:
             "finished": self.finished,
             "accepted": self.accepted,
             "shards": self.shards,
-            "rejections": {f"{s}/{r}": n for (s, r), n in sorted(self.rejections.items())},
+            "rejections": {f"{s}/{r}": n for (s, r), n in sorted(self.rejections.items()) if n},
         }
 
 
@@ -118,11 +130,17 @@ def config_to_dict(cfg: pb.RunConfig) -> dict:
 
 
 class RunManager:
-    def __init__(self, settings: CoordinatorSettings, js, kv, store: ObjectStore) -> None:
+    def __init__(self, settings: CoordinatorSettings, js, kv, store: ObjectStore, ledger_kv=None) -> None:
         self.settings = settings
         self.js = js
         self.kv = kv
         self.store = store
+        self._ledger = ledger_kv
+        # Records in the buffer hold their sink messages un-acked: once the whole fetch window
+        # is waiting on the buffer, nothing new can arrive, so the shard is written then.
+        self.sink_capacity = max(1, int(settings.batch_size) * int(settings.worker_concurrency))
+        self._last_outcome = time.monotonic()
+        self._late_saves: dict[str, asyncio.Task] = {}
         self.runs: dict[str, Run] = {}
         self._closing = False
         self._background: set[asyncio.Task] = set()
@@ -193,7 +211,7 @@ class RunManager:
     async def start_run(self, cfg: pb.RunConfig, run_id: str = "") -> str:
         config = self.resolve_config(cfg)
         if run_id:
-            if not RUN_ID_RE.match(run_id):
+            if not RUN_ID_RE.fullmatch(run_id):
                 raise InvalidArgument("run_id must match [a-z0-9][a-z0-9-]{0,47}")
             if run_id in self.runs or await kv_get_json(self.kv, state_key(run_id)):
                 raise InvalidArgument(f"run {run_id} already exists")
@@ -226,9 +244,9 @@ class RunManager:
                 continue
             st = await kv_get_json(self.kv, key)
             # a run whose coordinator died while finishing is taken over and finished again
-            if not st or st.get("state") not in ("running", FINISHING) or st["run_id"] in self.runs:
+            run_id = (st or {}).get("run_id") or key.split(".")[1]
+            if not st or st.get("state") not in ("running", FINISHING) or run_id in self.runs:
                 continue
-            run_id = st["run_id"]
             cfg_d = await kv_get_json(self.kv, config_key(run_id))
             if cfg_d is None:
                 continue
@@ -242,15 +260,37 @@ class RunManager:
             run.manifest = await asyncio.to_thread(read_manifest, self.store, run_id) or Manifest(
                 run_id=run_id, config=cfg_d
             )
-            run.seen = await asyncio.to_thread(existing_item_ids, self.store, run_id)
-            run.accepted = len(run.seen)
+            added = await asyncio.to_thread(reconcile_manifest, self.store, run.manifest)
+            if added:
+                log.info("manifest reconciled with %d unlisted shard(s)", len(added), extra={"run_id": run_id})
+                await asyncio.to_thread(write_manifest, self.store, run.manifest)
+            await self._rebuild_accounting(run)
             run.shards = len(run.manifest.shards)
-            run.finished = run.accepted + sum(run.rejections.values())
             self.runs[run_id] = run
             self._launch(run)
             resumed.append(run_id)
             log.info("run resumed", extra={"run_id": run_id, "accepted": run.accepted})
         return resumed
+
+    async def ledger_kv(self):
+        if self._ledger is None:
+            self._ledger = await ledger.ledger_kv(self.js, getattr(self.settings, "nats_replicas", 1))
+        return self._ledger
+
+    async def _rebuild_accounting(self, run: Run) -> None:
+        """Counters of a resumed run from what is durable: accepted = the shards' item ids,
+        rejections = the ledger (counters saved in KV may be up to a second stale)."""
+        accepted = await asyncio.to_thread(existing_item_ids, self.store, run.run_id)
+        lk = await self.ledger_kv()
+        entries = await ledger.entries(lk, run.run_id)
+        for item_id in accepted & entries.keys():  # replayed dead letter accepted; entry not yet dropped
+            await ledger.forget(lk, run.run_id, item_id)
+            del entries[item_id]
+        run.seen = accepted | entries.keys()
+        run.accepted = len(accepted)
+        run.rejections = Counter(entries.values())
+        run.dead = {i: k for i, k in entries.items() if k[1].startswith(DEAD_LETTER_PREFIX)}
+        run.finished = len(run.seen)
 
     async def cancel_run(self, run_id: str) -> Run:
         run = self.runs.get(run_id)
@@ -306,9 +346,12 @@ class RunManager:
             await self._finish(run, "failed")
 
     async def _admit(self, run: Run, n: int) -> None:
-        futs = []
-        for _ in range(n):
-            index = run.admitted
+        """Publish tasks ``admitted .. admitted+n-1``; ``admitted`` moves only when all are stored.
+
+        A failed publish (NATS restarting) is retried under the same msg ids until it is stored,
+        so no admitted index is ever skipped and none is generated twice."""
+        pending: dict[str, bytes] = {}
+        for index in range(run.admitted, run.admitted + n):
             item_id = f"{run.run_id}-{index:07d}"
             task = pb.GenerateTask(
                 schema_version=SCHEMA,
@@ -318,13 +361,26 @@ class RunManager:
                 seed=task_seed(run.config.seed, index),
                 config=run.config,
             )
-            futs.append(
-                self.js.publish(
-                    subjects.GENERATE.subject, task.SerializeToString(), headers={"Nats-Msg-Id": f"{item_id}.task"}
-                )
+            pending[f"{item_id}.task"] = task.SerializeToString()
+        delay = 0.2
+        while pending:
+            ids = list(pending)
+            results = await asyncio.gather(
+                *(self.js.publish(subjects.GENERATE.subject, pending[i], headers={"Nats-Msg-Id": i}) for i in ids),
+                return_exceptions=True,
             )
-            run.admitted += 1
-        await asyncio.gather(*futs)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            for i, r in zip(ids, results):
+                if not isinstance(r, BaseException):
+                    del pending[i]
+            if pending:
+                if self._closing:
+                    raise RuntimeError(f"coordinator closing with {len(pending)} task(s) not admitted")
+                log.warning("admission: %d of %d task(s) not stored (%s); retrying in %.1fs", len(pending), n,
+                            failed[0], delay, extra={"run_id": run.run_id})  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        run.admitted += n
 
     # ------------------------------------------------------------------ sink
     async def handle_outcomes(self, outcomes: list[pb.Outcome]) -> list[list[Publish] | BaseException]:
@@ -332,40 +388,138 @@ class RunManager:
         return list(await asyncio.gather(*(self._outcome(o) for o in outcomes), return_exceptions=True))
 
     async def _outcome(self, o: pb.Outcome) -> list[Publish]:
+        self._last_outcome = time.monotonic()
         run_id, item_id = item_ids(o)
         run = self.runs.get(run_id)
         if run is None:
             st = await kv_get_json(self.kv, state_key(run_id))
-            if st and st.get("state") == "running":
+            if st and st.get("state") in ("running", FINISHING):
                 # Owned by a coordinator that is starting up or by another replica: retry later.
                 raise TransientError(f"run {run_id} not loaded here yet", delay=2.0)
-            return []  # outcome of a closed or unknown run: nothing to do
-        if item_id in run.seen:
-            return []  # redelivered outcome: already counted / written
+            if st is None:
+                return []  # an unknown run: nothing to account
+            return await self._late_outcome(run_id, item_id, o)
+        replacing = run.dead.get(item_id)  # a replayed dead letter that now ended for real
+        dead = o.WhichOneof("kind") == "rejection" and o.rejection.reason.startswith(DEAD_LETTER_PREFIX)
+        if (item_id in run.seen and (replacing is None or dead)) or item_id in run.recording:
+            return []  # redelivered outcome: already counted / written (or being recorded now)
+        if o.WhichOneof("kind") == "rejection":
+            key: tuple[str, str] | None = (o.rejection.stage, o.rejection.reason)
+        elif run.state != "running" or run.accepted >= run.config.target:
+            key = (STAGE, "over_target")
+        else:
+            key = None
+        if key is not None:
+            # Durable before the ack: a redelivery after a crash finds the entry.
+            run.recording.add(item_id)
+            try:
+                stored = await ledger.record(await self.ledger_kv(), run_id, item_id, *key, replace=replacing is not None)
+            finally:
+                run.recording.discard(item_id)
+            if replacing is not None:
+                self._undo_dead(run, item_id, replacing)
+            run.seen.add(item_id)
+            if stored:
+                run.finished += 1
+                run.rejections[key] += 1
+                if dead:
+                    run.dead[item_id] = key
+            run.wake.set()
+            if run.state in CLOSED_STATES:
+                self._schedule_late_save(run)
+            return []
+        if replacing is not None:
+            self._undo_dead(run, item_id, replacing)
         run.seen.add(item_id)
         run.finished += 1
         run.wake.set()
-        if o.WhichOneof("kind") == "rejection":
-            run.rejections[(o.rejection.stage, o.rejection.reason)] += 1
-            return []
-        if run.state != "running" or run.accepted >= run.config.target:
-            run.rejections[(STAGE, "over_target")] += 1
-            return []
         run.accepted += 1
         fut = asyncio.get_running_loop().create_future()
         if not run.buffer:
             run.buffer_since = time.monotonic()
         row = pair_row(o.pair) if o.WhichOneof("kind") == "pair" else record_row(o.record)
         run.buffer.append((row, item_id, fut))
-        if len(run.buffer) >= run.config.shard_max_records or run.accepted >= run.config.target:
+        if len(run.buffer) >= min(run.config.shard_max_records, self.sink_capacity) or run.accepted >= run.config.target:
             asyncio.create_task(self._flush(run))
         await fut
+        if replacing is not None:  # the shard is its record now
+            await ledger.forget(await self.ledger_kv(), run_id, item_id)
         return []
+
+    async def on_dead_letter(self, o: pb.Outcome, reason: str, detail: str) -> list[Publish]:
+        """The sink worker's dead-letter hook: an outcome the sink could not process still ends
+        its item, as a ``dlq_<reason>`` rejection of the coordinator stage."""
+        run_id, item_id = item_ids(o)
+        if not run_id or not item_id:
+            return []
+        dead = pb.Outcome(rejection=pb.Rejection(
+            schema_version=SCHEMA, run_id=run_id, item_id=item_id, stage=STAGE,
+            reason=DEAD_LETTER_PREFIX + reason, detail=detail[:1000],
+        ))  # fmt: skip
+        return await self._outcome(dead)
+
+    @staticmethod
+    def _undo_dead(run: Run, item_id: str, key: tuple[str, str]) -> None:
+        del run.dead[item_id]
+        run.seen.discard(item_id)
+        run.rejections[key] -= 1
+        run.finished -= 1
+
+    async def _late_outcome(self, run_id: str, item_id: str, o: pb.Outcome) -> list[Publish]:
+        """An outcome of a run that ended before this coordinator started: ledger + KV counters."""
+        if o.WhichOneof("kind") == "rejection":
+            key = (o.rejection.stage, o.rejection.reason)
+        else:
+            key = (STAGE, "over_target")
+        if not await ledger.record(await self.ledger_kv(), run_id, item_id, *key, same_ok=False):
+            return []
+
+        def add(st):
+            if st is None:
+                return st
+            rej = st.setdefault("rejections", {})
+            rej[f"{key[0]}/{key[1]}"] = rej.get(f"{key[0]}/{key[1]}", 0) + 1
+            st["finished"] = int(st.get("finished", 0)) + 1
+            return st
+
+        await kv_update_json(self.kv, state_key(run_id), add)
+        return []
+
+    def _schedule_late_save(self, run: Run) -> None:
+        """Outcomes still arrive after a run ended (work in flight): save the counters again."""
+        if run.run_id in self._late_saves:
+            return
+
+        async def save() -> None:
+            try:
+                await asyncio.sleep(1.0)
+                self._late_saves.pop(run.run_id, None)
+                await self._save_state(run)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the next late outcome schedules another save
+                log.warning("late state save failed: %s", e, extra={"run_id": run.run_id})
+
+        t = asyncio.create_task(save(), name=f"late-save-{run.run_id}")
+        self._late_saves[run.run_id] = t
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
 
     async def _flush_loop(self, run: Run) -> None:
         while run.state == "running":
             await asyncio.sleep(0.2)
-            if run.buffer and time.monotonic() - run.buffer_since >= run.config.shard_max_seconds:
+            if run.manifest_dirty and not run.write_lock.locked() and time.monotonic() >= run.retry_at:
+                async with run.write_lock:
+                    if not await self._write_manifest(run):
+                        run.retry_at = time.monotonic() + 2.0
+            if not run.buffer or time.monotonic() < run.retry_at:
+                continue
+            now = time.monotonic()
+            if (
+                run.flush_failures
+                or now - run.buffer_since >= run.config.shard_max_seconds
+                or now - self._last_outcome >= SINK_IDLE_FLUSH  # the sink waits on this buffer
+            ):
                 await self._flush(run)
 
     async def _flush(self, run: Run) -> None:
@@ -379,18 +533,23 @@ class RunManager:
             rows = [row for row, _, _ in batch]
             try:
                 info = await asyncio.to_thread(run.writer.write, rows)
-                run.manifest.add_shard(info)
-                run.shards += 1
-                await asyncio.to_thread(write_manifest, self.store, run.manifest)
             except Exception as e:
-                log.warning("shard write failed, will retry via redelivery: %s", e, extra={"run_id": run.run_id})
-                for _, item_id, fut in batch:
-                    run.seen.discard(item_id)
-                    run.accepted -= 1
-                    run.finished -= 1
-                    if not fut.done():
-                        fut.set_exception(TransientError(f"shard write failed: {e}", delay=5.0))
+                # Keep the records (their messages stay un-acked, kept alive by the worker's
+                # heartbeat) and retry: the store may be restarting. The writer makes a retry of
+                # a write that did land a no-op.
+                run.buffer[:0] = batch
+                run.flush_failures += 1
+                run.retry_at = time.monotonic() + min(0.5 * 2 ** min(run.flush_failures, 4), 8.0)
+                log.warning("shard write failed (%d in a row), retrying: %s", run.flush_failures, e,
+                            extra={"run_id": run.run_id})  # fmt: skip
                 return
+            run.flush_failures = 0
+            # The shard is durable: its records count as written even if the manifest write
+            # fails now (retrying the shard would write them twice). A restart reconciles the
+            # manifest with the listed shards; the flush loop and the run's end rewrite it.
+            run.manifest.add_shard(info)
+            run.shards += 1
+            await self._write_manifest(run)
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
@@ -416,15 +575,16 @@ class RunManager:
         # run is not reported as ended until every accepted record is in a durable shard and the
         # manifest says so (a reader that sees "completed" must find all the records).
         run.state = FINISHING
-        while run.buffer:
-            await self._flush(run)
-            if run.buffer:
-                await asyncio.sleep(1.0)
+        while True:
+            await self._flush(run)  # takes the write lock: also waits for a flush in progress
+            if not run.buffer and not run.write_lock.locked():
+                break
+            await asyncio.sleep(max(0.5, run.retry_at - time.monotonic()))
         run.ended_at = time.time()
         run.manifest.state = state
-        await asyncio.to_thread(write_manifest, self.store, run.manifest)
+        await self._until_stored("manifest", run, lambda: asyncio.to_thread(write_manifest, self.store, run.manifest))
         run.state = state
-        await self._save_state(run)
+        await self._until_stored("state", run, lambda: self._save_state(run))
         end = pb.RunEnd(
             run_id=run.run_id,
             state=state,
@@ -432,9 +592,9 @@ class RunManager:
             shards=run.shards,
             manifest_key=f"runs/{run.run_id}/manifest.json",
         )
-        await self.js.publish(
+        await self._until_stored("run end announcement", run, lambda: self.js.publish(
             subjects.run_end_subject(run.run_id), end.SerializeToString(), headers={"Nats-Msg-Id": f"{run.run_id}.end"}
-        )
+        ))  # fmt: skip
         run.ended.set()
         for t in run.tasks:
             if t is not asyncio.current_task():
@@ -445,6 +605,32 @@ class RunManager:
         self._background.add(resave)
         resave.add_done_callback(self._background.discard)
         log.info("run ended", extra={"run_id": run.run_id, "state": state, "accepted": run.accepted})
+
+    async def _write_manifest(self, run: Run) -> bool:
+        try:
+            await asyncio.to_thread(write_manifest, self.store, run.manifest)
+        except Exception as e:
+            run.manifest_dirty = True
+            log.warning("manifest write failed (shards are durable; retrying): %s", e, extra={"run_id": run.run_id})
+            return False
+        run.manifest_dirty = False
+        return True
+
+    async def _until_stored(self, what: str, run: Run, write) -> None:
+        """Retry a write the end of a run depends on (store or NATS restarting) until it lands."""
+        delay = 0.5
+        while True:
+            try:
+                await write()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self._closing:
+                    raise
+                log.warning("%s not stored (%s); retrying in %.1fs", what, e, delay, extra={"run_id": run.run_id})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     # ------------------------------------------------------------------ state
     async def _state_loop(self, run: Run) -> None:
@@ -502,6 +688,7 @@ class RunManager:
         return sorted(out, key=lambda s: -s.get("started_at", 0))
 
     async def close(self) -> None:
+        self._closing = True
         for t in list(self._background):
             t.cancel()
         for run in self.runs.values():

@@ -12,6 +12,9 @@ from libs.settings import CommonSettings
 
 class CoordinatorSettings(CommonSettings):
     grpc_port: int = Field(50060, ge=0, le=65535)
+    # Records wait un-acked in the sink until their shard is durable, so the sink's fetch window
+    # (batch_size x worker_concurrency) bounds how many records one shard can collect.
+    batch_size: int = Field(256, ge=1, le=1024, description="Sink messages fetched per batch (bounds records per shard with worker_concurrency).")
     run_target: int = Field(1000, ge=1, description="Default accepted pairs per run.")
     run_seed: int = Field(0, ge=0, description="Default run seed.")
     run_mode: Literal["scratch", "instructed"] = Field("scratch")

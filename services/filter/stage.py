@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from scalequest.common.v1 import items_pb2 as pb
 
 from libs.engines.base import Engine, SamplingSpec
-from libs.items import forward, rejection
+from libs.items import RUN_CLOSED, forward, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
@@ -182,7 +182,8 @@ class FilterStage:
 
     async def _one(self, q: pb.Question) -> list[Publish]:
         if self.runs and await self.runs.is_closed(q.run_id):
-            return []
+            # No work for an ended run, but the item still ends at the coordinator (accounting).
+            return [rejection(q.run_id, q.item_id, STAGE, RUN_CLOSED)]
         res = await self.check(q.text, q.run_id, q.item_id, q.config.judge_enabled)
         predicted = None
         if res.failed is None and self.difficulty is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from scalequest.common.v1 import items_pb2 as pb
 
 from libs.engines.base import Engine, SamplingSpec
-from libs.items import SCHEMA, forward, rejection
+from libs.items import RUN_CLOSED, SCHEMA, forward, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
@@ -96,7 +96,8 @@ class QuestionGenStage:
 
     async def _one(self, task: pb.GenerateTask) -> list[Publish]:
         if self.runs and await self.runs.is_closed(task.run_id):
-            return []
+            # No work for an ended run, but the item still ends at the coordinator (accounting).
+            return [rejection(task.run_id, task.item_id, STAGE, RUN_CLOSED)]
         s = await self.sample(task.config.mode, task.config.question_sampling, task.seed)
         if s.drop_reason:
             if self.counters:

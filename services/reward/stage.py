@@ -21,7 +21,7 @@ from scalequest.common.v1 import items_pb2 as pb
 from libs.answers import group_equivalent
 from libs.engines.base import Engine, SamplingSpec
 from libs.engines.pooling import ScoringEngine
-from libs.items import SCHEMA, rejection
+from libs.items import RUN_CLOSED, SCHEMA, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
@@ -130,7 +130,8 @@ class RewardStage:
     async def _one(self, s: pb.SolvedQuestion) -> list[Publish]:
         q = s.question
         if self.runs and await self.runs.is_closed(q.run_id):
-            return []
+            # No work for an ended run, but the item still ends at the coordinator (accounting).
+            return [rejection(q.run_id, q.item_id, STAGE, RUN_CLOSED)]
         scored, sel = await self.score(q.text, list(s.candidates), q.config.selection_rule, q.config.min_agreement)
         difficulty = 1.0 - sel.agreement  # fail rate: candidates not agreeing with the selected answer
         if sel.index >= 0 and not keep_for_mix(q.item_id, difficulty, self.keep_bins(q.config.difficulty_keep)):

@@ -13,7 +13,7 @@ from scalequest.common.v1 import items_pb2 as pb
 
 from libs.answers import extract_answer
 from libs.engines.base import Engine, SamplingSpec
-from libs.items import SCHEMA, forward, rejection
+from libs.items import RUN_CLOSED, SCHEMA, forward, rejection
 from libs.queue import subjects
 from libs.queue.worker import Publish
 from libs.runstate import RunStates, StageCounters
@@ -93,7 +93,8 @@ class SolverStage:
 
     async def _one(self, q: pb.Question) -> list[Publish]:
         if self.runs and await self.runs.is_closed(q.run_id):
-            return []
+            # No work for an ended run, but the item still ends at the coordinator (accounting).
+            return [rejection(q.run_id, q.item_id, STAGE, RUN_CLOSED)]
         cands = await self.solve(q.text, max(1, q.config.n_candidates), q.config.solution_sampling, q.seed * 64)
         answered = sum(1 for c in cands if c.answer)
         reason = None if answered else "no_answer"

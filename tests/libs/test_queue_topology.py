@@ -45,7 +45,7 @@ async def test_topology_idempotent(js):
     assert kv1._name == kv2._name == subjects.RUNS_BUCKET
     await _check_topology(js, ack_wait=60.0, max_deliver=5, duplicate_window=600.0)
     names = sorted(await js.streams_info(), key=lambda s: s.config.name)
-    assert len(names) == len(subjects.WORK_QUEUES) + 4  # + events, dlq, KV buckets runs and dedup
+    assert len(names) == len(subjects.WORK_QUEUES) + 5  # + events, dlq, KV buckets runs, dedup and ledger
 
 
 async def test_topology_updates_in_place_keeping_messages(js):

@@ -91,13 +91,17 @@ async def test_failed_shard_write_is_retried_not_lost(js, tmp_path):
     m = await manager(js, store)
     run_id = await m.start_run(pb.RunConfig(target=10, shard_max_records=2, shard_max_seconds=0.2))
     await stop_admission(m, run_id)
-    res = await m.handle_outcomes([record(run_id, 0), record(run_id, 1)])
-    assert all(isinstance(r, Exception) for r in res), "inputs must be nak'ed when the shard is not durable"
-    assert m.runs[run_id].accepted == 0 and m.runs[run_id].finished == 0
-    store.fail = False  # redelivery after the outage succeeds
-    res = await m.handle_outcomes([record(run_id, 0), record(run_id, 1)])
+    # The store is down: the records stay buffered and their inputs un-acked (the handler does
+    # not return) while the coordinator retries the shard write in place.
+    handling = asyncio.create_task(m.handle_outcomes([record(run_id, 0), record(run_id, 1)]))
+    await asyncio.sleep(1.5)
+    assert not handling.done(), "inputs must not be acked while the shard is not durable"
+    assert m.runs[run_id].flush_failures >= 1 and existing_item_ids(store, run_id) == set()
+    store.fail = False  # the store is back: the pending write lands, then the inputs are acked
+    res = await asyncio.wait_for(handling, 30)
     assert res == [[], []]
-    assert len(existing_item_ids(store, run_id)) == 2
+    assert existing_item_ids(store, run_id) == {f"{run_id}-0000000", f"{run_id}-0000001"}
+    assert m.runs[run_id].accepted == 2 and m.runs[run_id].flush_failures == 0
     await m.close()
 
 
@@ -138,3 +142,49 @@ def test_admission_bounds(accepted, finished, outstanding, expected_max):
     assert RunManager._tasks_wanted(None, run) == 0  # type: ignore[arg-type]
     run.accepted = 10
     assert RunManager._tasks_wanted(None, run) == 0  # type: ignore[arg-type]
+
+
+async def test_rejections_counted_once_across_a_crash_from_the_ledger(js, tmp_path):
+    """Rejections acked after the last state save are not lost on a restart, and rejections
+    redelivered because the crash came before their ack are not counted twice."""
+    store = LocalStore(tmp_path)
+    m1 = await manager(js, store)
+    run_id = await m1.start_run(pb.RunConfig(target=10, shard_max_records=2, shard_max_seconds=0.2))
+    await stop_admission(m1, run_id)
+    await m1.handle_outcomes([reject(run_id, i, "judge_unsolvable") for i in range(5)] + [record(run_id, 5)])
+    await asyncio.sleep(0.5)  # the record's shard lands
+    for t in m1.runs[run_id].tasks:
+        t.cancel()  # killed: the counters in KV are from before these outcomes (or absent)
+    m2 = await manager(js, store)
+    assert await m2.resume_runs() == [run_id]
+    await stop_admission(m2, run_id)
+    run = m2.runs[run_id]
+    assert run.rejections[("filter", "judge_unsolvable")] == 5 and run.accepted == 1 and run.finished == 6
+    # items 3 and 4 and the record come again (acks lost), item 6 is new
+    await m2.handle_outcomes([reject(run_id, 3, "judge_unsolvable"), reject(run_id, 4, "judge_unsolvable"),
+                              record(run_id, 5), reject(run_id, 6, "duplicate")])  # fmt: skip
+    assert run.rejections[("filter", "judge_unsolvable")] == 5 and run.rejections[("filter", "duplicate")] == 1
+    assert run.finished == 7 and run.accepted == 1
+    await m2.close()
+
+
+async def test_replayed_dead_letter_replaces_its_ledger_entry(js, tmp_path):
+    from libs.queue import ledger
+
+    store = LocalStore(tmp_path)
+    m = await manager(js, store)
+    run_id = await m.start_run(pb.RunConfig(target=10, shard_max_records=1, shard_max_seconds=0.2))
+    await stop_admission(m, run_id)
+    await m.handle_outcomes([reject(run_id, 0, "dlq_max_deliver_exceeded"), reject(run_id, 1, "dlq_malformed")])
+    run = m.runs[run_id]
+    assert run.finished == 2 and set(run.dead) == {f"{run_id}-0000000", f"{run_id}-0000001"}
+    # the same dead letter again is a duplicate; the replayed items' real outcomes replace them
+    await m.handle_outcomes([reject(run_id, 0, "dlq_max_deliver_exceeded")])
+    await m.handle_outcomes([record(run_id, 0), reject(run_id, 1, "judge_unsolvable")])
+    assert run.accepted == 1 and run.finished == 2 and not run.dead
+    assert dict(run.rejections) == {("filter", "dlq_max_deliver_exceeded"): 0, ("filter", "dlq_malformed"): 0,
+                                    ("filter", "judge_unsolvable"): 1}  # fmt: skip
+    lk = await m.ledger_kv()
+    assert await ledger.entries(lk, run_id) == {f"{run_id}-0000001": ("filter", "judge_unsolvable")}
+    assert existing_item_ids(store, run_id) == {f"{run_id}-0000000"}
+    await m.close()
