@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -75,6 +76,29 @@ class ServiceProc:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+async def wait_health_serving(
+    port: int, service: str, alive: Callable[[], bool], tail: Callable[[], str], timeout: float, name: str = ""
+) -> float:
+    """Seconds until 127.0.0.1:``port`` answers SERVING for ``service`` (the check a gRPC
+    readiness probe makes); raises when the process dies (``alive``) or ``timeout`` passes."""
+    name = name or service
+    t0 = time.monotonic()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            if not alive():
+                raise RuntimeError(f"{name} exited before serving:\n{tail()}")
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - t0
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{name} not SERVING on 127.0.0.1:{port} after {timeout:.0f}s:\n{tail()}")
+            await asyncio.sleep(0.2)
 
 
 def proc_memory_kb(pid: int) -> tuple[int, int]:
@@ -188,21 +212,7 @@ class ProcessPipeline:
     async def wait_serving(self, name: str, timeout: float = 60.0) -> float:
         """Seconds until ``name`` answers SERVING on the health service its probe names."""
         p = self.procs[name]
-        t0 = time.monotonic()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{p.port}") as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if not p.alive:
-                    raise RuntimeError(f"{name} exited with {p.popen.returncode if p.popen else '?'}:\n{p.tail()}")
-                try:
-                    r = await stub.Check(health_pb2.HealthCheckRequest(service=HEALTH_NAMES[name]), timeout=1.0)
-                    if r.status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.monotonic() - t0
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() - t0 > timeout:
-                    raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s:\n{p.tail()}")
-                await asyncio.sleep(0.2)
+        return await wait_health_serving(p.port, HEALTH_NAMES[name], lambda: p.alive, p.tail, timeout, name)
 
     async def close(self) -> None:
         for p in self.procs.values():

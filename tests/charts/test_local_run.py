@@ -30,8 +30,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from libs.chaos import wait_health_serving
 from tests.charts.chartlib import COMPONENTS, Manifest, Rendered, render
 
 pytest.importorskip("helm_python", reason="helm-python-sdk is in the dev extra")
@@ -126,21 +126,7 @@ def stop(proc: Proc, grace: float = 20.0) -> int:
 
 
 async def wait_serving(port: int, service: str, proc: Proc, timeout: float) -> float:
-    t0 = time.monotonic()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while True:
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"{proc.name} exited before serving\n{proc.tail()}")
-            try:
-                resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic() - t0
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() - t0 > timeout:
-                raise AssertionError(f"{proc.name} not SERVING on 127.0.0.1:{port} after {timeout:.0f}s\n{proc.tail()}")
-            await asyncio.sleep(0.2)
+    return await wait_health_serving(port, service, lambda: proc.popen.poll() is None, proc.tail, timeout, proc.name)
 
 
 @pytest.mark.s3
