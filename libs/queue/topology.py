@@ -232,9 +232,15 @@ async def ensure_topology(
     return kv
 
 
-async def dedup_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """The filter's dedup bucket (``DEDUP_BUCKET``); created when missing (idempotent, race-safe)."""
+async def bucket(js: JetStreamContext, name: str, replicas: int = 1) -> KeyValue:
+    """KV bucket ``name``, created when missing (idempotent, race-safe): lets a service started
+    against an older topology create the buckets it added."""
     try:
-        return await js.key_value(DEDUP_BUCKET)
+        return await js.key_value(name)
     except BucketNotFoundError:
-        return await _ensure_kv(js, DEDUP_BUCKET, replicas)
+        return await _ensure_kv(js, name, replicas)
+
+
+async def dedup_kv(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The filter's dedup bucket (``DEDUP_BUCKET``)."""
+    return await bucket(js, DEDUP_BUCKET, replicas)

@@ -320,9 +320,8 @@ class StageWorker(Generic[T]):
             try:
                 item = self._decode(msg.data)
             except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
-                known = e.item if e.item is not None else None
-                where = self._id_of(known, seq) if known is not None else f"seq={seq}"
-                await self._dead_letter(msg, deliveries, seq, where, e.reason, e.detail, item=known)
+                where = self._id_of(e.item, seq) if e.item is not None else f"seq={seq}"
+                await self._dead_letter(msg, deliveries, seq, where, e.reason, e.detail, item=e.item)
                 continue
             except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
                 await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_MALFORMED, _describe(e))
