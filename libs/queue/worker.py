@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 
 from libs.errors import InvalidArgument, NotReady, PoisonMessage, TransientError
 from libs.queue import subjects
+from libs.queue.fetch import fetch_ready
 from libs.queue.subjects import WorkQueue
 
 log = logging.getLogger("scalequest.queue")
@@ -266,7 +267,7 @@ class StageWorker(Generic[T]):
         errors_in_row = 0
         while not self._stopping.is_set():
             try:
-                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+                msgs = await fetch_ready(sub, self.batch_size, self.fetch_timeout)
             except asyncio.TimeoutError:  # nats.errors.TimeoutError included: nothing to do
                 errors_in_row = 0
                 continue
