@@ -137,8 +137,12 @@ class RunManager:
         self.store = store
         self._ledger = ledger_kv
         # Records in the buffer hold their sink messages un-acked: once the whole fetch window
-        # is waiting on the buffer, nothing new can arrive, so the shard is written then.
-        self.sink_capacity = max(1, int(settings.batch_size) * int(settings.worker_concurrency))
+        # is waiting on the buffer, nothing new can arrive, so the shard is written then:
+        # when it holds sink_capacity records, or when every fetch loop has handed over its
+        # batch (``_sink_busy``), however small the batches were (a stage upstream is slower).
+        self.sink_loops = max(1, int(settings.worker_concurrency))
+        self.sink_capacity = max(1, int(settings.batch_size) * self.sink_loops)
+        self._sink_busy = 0
         self._last_outcome = time.monotonic()
         self._late_saves: dict[str, asyncio.Task] = {}
         self.runs: dict[str, Run] = {}
@@ -385,7 +389,11 @@ class RunManager:
     # ------------------------------------------------------------------ sink
     async def handle_outcomes(self, outcomes: list[pb.Outcome]) -> list[list[Publish] | BaseException]:
         """Sink adapter entry: returns once each record is durable (then the worker acks)."""
-        return list(await asyncio.gather(*(self._outcome(o) for o in outcomes), return_exceptions=True))
+        self._sink_busy += 1
+        try:
+            return list(await asyncio.gather(*(self._outcome(o) for o in outcomes), return_exceptions=True))
+        finally:
+            self._sink_busy -= 1
 
     async def _outcome(self, o: pb.Outcome) -> list[Publish]:
         self._last_outcome = time.monotonic()
@@ -439,7 +447,11 @@ class RunManager:
             run.buffer_since = time.monotonic()
         row = pair_row(o.pair) if o.WhichOneof("kind") == "pair" else record_row(o.record)
         run.buffer.append((row, item_id, fut))
-        if len(run.buffer) >= min(run.config.shard_max_records, self.sink_capacity) or run.accepted >= run.config.target:
+        if (
+            len(run.buffer) >= min(run.config.shard_max_records, self.sink_capacity)
+            or run.accepted >= run.config.target
+            or self._sink_busy >= self.sink_loops  # every fetch loop waits on this buffer
+        ):
             asyncio.create_task(self._flush(run))
         await fut
         if replacing is not None:  # the shard is its record now

@@ -188,3 +188,22 @@ async def test_replayed_dead_letter_replaces_its_ledger_entry(js, tmp_path):
     assert await ledger.entries(lk, run_id) == {f"{run_id}-0000001": ("filter", "judge_unsolvable")}
     assert existing_item_ids(store, run_id) == {f"{run_id}-0000000"}
     await m.close()
+
+
+async def test_shard_is_written_once_every_sink_fetch_loop_waits_on_it(js, tmp_path):
+    """Small batches (a slower stage upstream) must not wait for the idle timer or
+    shard_max_seconds: when every fetch loop of the sink has handed over its batch, nothing new
+    can arrive, so the buffer is written at once."""
+    store = LocalStore(tmp_path)
+    m = await manager(js, store, batch_size=256, worker_concurrency=2)
+    run_id = await m.start_run(pb.RunConfig(target=100, shard_max_records=1000, shard_max_seconds=30))
+    await stop_admission(m, run_id)
+    first = asyncio.create_task(m.handle_outcomes([record(run_id, i) for i in range(3)]))
+    await asyncio.sleep(0.1)
+    assert not first.done()  # one loop of two waiting: more may come
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.wait_for(m.handle_outcomes([record(run_id, i) for i in range(3, 5)]), 5)
+    await asyncio.wait_for(first, 5)
+    assert asyncio.get_running_loop().time() - t0 < 0.25  # not the 0.3 s idle flush
+    assert [s.records for s in read_manifest(store, run_id).shards] == [5]
+    await m.close()
