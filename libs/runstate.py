@@ -46,6 +46,7 @@ class RunStates:
         self.kv = kv
         self.ttl = ttl
         self._cache: dict[str, tuple[float, bool]] = {}
+        self._pending: dict[str, asyncio.Future[bool]] = {}
 
     async def is_closed(self, run_id: str) -> bool:
         if self.kv is None:
@@ -54,9 +55,18 @@ class RunStates:
         hit = self._cache.get(run_id)
         if hit and (hit[1] or now - hit[0] < self.ttl):
             return hit[1]
+        # One KV read per run and expiry, however many items of a batch ask at once.
+        pending = self._pending.get(run_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(run_id))
+            self._pending[run_id] = pending
+            pending.add_done_callback(lambda _f: self._pending.pop(run_id, None))
+        return await asyncio.shield(pending)
+
+    async def _load(self, run_id: str) -> bool:
         state = await kv_get_json(self.kv, state_key(run_id))
         closed = bool(state and state.get("state") in CLOSED_STATES)
-        self._cache[run_id] = (now, closed)
+        self._cache[run_id] = (time.monotonic(), closed)
         return closed
 
 

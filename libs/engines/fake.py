@@ -20,6 +20,7 @@ Responder = Callable[[str, SamplingSpec, int], "str | Awaitable[str]"]
 DEFAULT_TEXT = "What is the sum of 2 and 3?"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+MAX_RECORDED_CALLS = 4096
 
 
 class FakeEngine(Engine):
@@ -56,7 +57,8 @@ class FakeEngine(Engine):
         self._system_prompt = system_prompt
         self._started = False
         self._closed = False
-        #: Every (prompt, params) received, in order; tests and benchmarks inspect it.
+        #: The (prompt, params) received, in order; tests inspect it. Only the last
+        #: ``MAX_RECORDED_CALLS`` are kept, so a long-running service does not grow without bound.
         self.calls: list[tuple[str, SamplingSpec]] = []
         self.generated_tokens = 0
 
@@ -85,6 +87,8 @@ class FakeEngine(Engine):
                 f"prompt has {prompt_tokens} tokens; the model's context is {self._max_model_len} tokens"
             )
         self.calls.append((prompt, params))
+        if len(self.calls) > MAX_RECORDED_CALLS:
+            del self.calls[: MAX_RECORDED_CALLS // 2]
         if self._delay:
             await asyncio.sleep(self._delay)
         completions = []

@@ -97,12 +97,16 @@ class RewardStage:
         p_yes, p_no = yes_no_probs(c.top_logprobs[0] if c.top_logprobs else {})
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
 
-    async def score(self, question: str, cands: list[pb.Candidate], rule: str, min_agreement: int) -> tuple[list[pb.Candidate], Selection]:
-        """Fill rm_score, judge_score, agreement and reward on copies of `cands`, then select."""
+    async def score(
+        self, question: str, cands: list[pb.Candidate], rule: str, min_agreement: int, labels: list[int] | None = None
+    ) -> tuple[list[pb.Candidate], Selection]:
+        """Fill rm_score, judge_score, agreement and reward on copies of `cands`, then select.
+        ``labels``: the answers' equivalence classes when the caller grouped them already."""
         scored = [pb.Candidate() for _ in cands]
         for dst, src in zip(scored, cands):
             dst.CopyFrom(src)
-        labels = await asyncio.to_thread(group_equivalent, [c.answer for c in scored])
+        if labels is None:
+            labels = await asyncio.to_thread(group_equivalent, [c.answer for c in scored])
         shares = agreement_shares(labels)
         # Candidates without an answer can never be selected: don't spend a judge call on them.
         if self.judging:
@@ -125,14 +129,19 @@ class RewardStage:
         return scored, sel
 
     async def handle(self, items: list[pb.SolvedQuestion]) -> list[list[Publish] | BaseException]:
-        return list(await asyncio.gather(*(self._one(s) for s in items), return_exceptions=True))
+        # Answer equivalence (sympy) off the event loop, in one thread hop for the whole batch.
+        labels = await asyncio.to_thread(_group_all, items)
+        return list(await asyncio.gather(*(self._one(s, lab) for s, lab in zip(items, labels)), return_exceptions=True))
 
-    async def _one(self, s: pb.SolvedQuestion) -> list[Publish]:
+    async def _one(self, s: pb.SolvedQuestion, labels: list[int] | BaseException | None = None) -> list[Publish]:
         q = s.question
+        if isinstance(labels, BaseException):
+            raise labels
         if self.runs and await self.runs.is_closed(q.run_id):
             # No work for an ended run, but the item still ends at the coordinator (accounting).
             return [rejection(q.run_id, q.item_id, STAGE, RUN_CLOSED)]
-        scored, sel = await self.score(q.text, list(s.candidates), q.config.selection_rule, q.config.min_agreement)
+        scored, sel = await self.score(q.text, list(s.candidates), q.config.selection_rule, q.config.min_agreement,
+                                       labels)  # fmt: skip
         difficulty = 1.0 - sel.agreement  # fail rate: candidates not agreeing with the selected answer
         if sel.index >= 0 and not keep_for_mix(q.item_id, difficulty, self.keep_bins(q.config.difficulty_keep)):
             sel.index, sel.rejected_reason = -1, "difficulty_mix"
@@ -159,6 +168,17 @@ class RewardStage:
         )
         out = pb.Outcome(record=record)
         return [Publish(subjects.SINK.subject, out.SerializeToString(), f"{q.item_id}.outcome")]
+
+
+def _group_all(items: list[pb.SolvedQuestion]) -> list[list[int] | BaseException]:
+    """``group_equivalent`` of each item's candidate answers (an item's error stays its own)."""
+    out: list[list[int] | BaseException] = []
+    for s in items:
+        try:
+            out.append(group_equivalent([c.answer for c in s.candidates]))
+        except Exception as e:  # noqa: BLE001 -- fails that item only, like a per-item call did
+            out.append(e)
+    return out
 
 
 async def _zero() -> float:
