@@ -43,7 +43,7 @@ import json
 import re
 import time
 import unicodedata
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -231,11 +231,30 @@ class KVNearDupIndex:
     (dead-lettered), and no longer blocks anything.
     """
 
-    def __init__(self, kv, config: MinHashConfig, *, max_bucket: int = 2000, stale_pending_s: float = 120.0) -> None:
+    def __init__(
+        self, kv, config: MinHashConfig, *, max_bucket: int = 2000, stale_pending_s: float = 120.0,
+        cache_size: int = 50_000,
+    ) -> None:
         self.kv = kv
         self.config = config
         self.max_bucket = max_bucket
         self.stale_pending_s = stale_pending_s
+        # Records read or written here whose status can no longer change to one that matters:
+        # "dup" and "released" never match again; "kept" can only turn "released", so a cached
+        # "kept" record that matches is read again before it rejects anyone. Saves the KV reads
+        # of every member of a busy band bucket on every claim (measured in docs/benchmarks.md).
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[str, np.ndarray | None]] = OrderedDict()
+        self.cache_hits = 0
+        self.kv_reads = 0
+
+    def _remember(self, key: str, status: str, sig: np.ndarray | None) -> None:
+        if self.cache_size <= 0 or status not in ("kept", "dup", "released"):
+            return
+        self._cache[key] = (status, sig if status == "kept" else None)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def _prefix(self, scope: str) -> str:
         return f"neardup.{scope}.{self.config.tag}"
@@ -244,11 +263,24 @@ class KVNearDupIndex:
         return f"{self._prefix(scope)}.sig.{_id_key(item_id)}"
 
     async def _get(self, key: str) -> tuple[object | None, int | None]:
+        self.kv_reads += 1
         try:
             e = await self.kv.get(key)
         except KeyNotFoundError:
             return None, None
         return (json.loads(e.value) if e.value else None), e.revision
+
+    def _similarity_of(self, sig: np.ndarray, rec: object, member: str) -> float | None:
+        """Similarity to a member's record; None when the record cannot match (not live)."""
+        # pending counts: it is a claim in progress (or one a crash left, which its redelivery resumes).
+        if not isinstance(rec, dict) or rec.get("status") in ("dup", "released") or rec.get("id") != member:
+            return None
+        if rec.get("status") == "pending" and time.time() - float(rec.get("ts", 0)) > self.stale_pending_s:
+            return None
+        other = _decode_sig(rec["sig"])
+        if len(other) != len(sig):
+            return None
+        return similarity(sig, other)
 
     async def _set_record(
         self, scope: str, item_id: str, sig: np.ndarray, status: str, match: NearDupMatch | None = None
@@ -256,27 +288,35 @@ class KVNearDupIndex:
         rec = {"id": item_id, "sig": _encode_sig(sig), "status": status, "ts": round(time.time(), 3)}
         if match:
             rec |= {"match": match.item_id, "sim": round(match.similarity, 4)}
-        await self.kv.put(self._sig_key(scope, item_id), _dumps(rec))
+        key = self._sig_key(scope, item_id)
+        await self.kv.put(key, _dumps(rec))
+        self._remember(key, status, sig)
 
     async def _best_match(
         self, scope: str, members: list[str], sig: np.ndarray, item_id: str, seen: set[str]
     ) -> NearDupMatch | None:
         """The most similar live member at or above the threshold (members already seen skipped)."""
-        todo = [m for m in members if m != item_id and m not in seen]
+        todo = list(dict.fromkeys(m for m in members if m != item_id and m not in seen))  # once each
         seen.update(todo)
-        recs = await asyncio.gather(*(self._get(self._sig_key(scope, m)) for m in todo))
         best: NearDupMatch | None = None
-        for m, (rec, _) in zip(todo, recs):
-            # pending counts: it is a claim in progress (or one a crash left, which its redelivery resumes).
-            if not isinstance(rec, dict) or rec.get("status") in ("dup", "released") or rec.get("id") != m:
+        fetch: list[str] = []
+        for m in todo:
+            cached = self._cache.get(self._sig_key(scope, m))
+            if cached is None:
+                fetch.append(m)
                 continue
-            if rec.get("status") == "pending" and time.time() - float(rec.get("ts", 0)) > self.stale_pending_s:
-                continue
-            other = _decode_sig(rec["sig"])
-            if len(other) != len(sig):
-                continue
-            s = similarity(sig, other)
-            if s >= self.config.threshold and (best is None or s > best.similarity):
+            self.cache_hits += 1
+            status, other = cached
+            if status == "kept" and other is not None and len(other) == len(sig):
+                if similarity(sig, other) >= self.config.threshold:
+                    fetch.append(m)  # a match: confirm it is still kept (not released since)
+        keys = [self._sig_key(scope, m) for m in fetch]
+        recs = await asyncio.gather(*(self._get(k) for k in keys))
+        for m, key, (rec, _) in zip(fetch, keys, recs):
+            if isinstance(rec, dict) and rec.get("id") == m and rec.get("sig"):
+                self._remember(key, str(rec.get("status")), _decode_sig(rec["sig"]))
+            s = self._similarity_of(sig, rec, m)
+            if s is not None and s >= self.config.threshold and (best is None or s > best.similarity):
                 best = NearDupMatch(m, s)
         return best
 
@@ -326,3 +366,4 @@ class KVNearDupIndex:
         rec, _ = await self._get(key)
         if isinstance(rec, dict) and rec.get("id") == item_id and rec.get("status") in ("kept", "pending"):
             await self.kv.put(key, _dumps(rec | {"status": "released"}))
+            self._remember(key, "released", None)

@@ -242,3 +242,31 @@ async def test_a_stale_pending_claim_no_longer_blocks(replicas):
     assert (await index.claim("s", "s-1", Q_REWORDED)).item_id == "s-0"
     await index.kv.put(key, json.dumps(rec | {"status": "pending", "ts": rec["ts"] - 3600}).encode())
     assert await index.claim("s", "s-2", Q_REWORDED) is None
+
+
+async def test_cached_members_save_reads_and_a_release_elsewhere_is_seen(replicas):
+    """Replica b caches the records it read or wrote; members are compared from the cache (each
+    once, however many bands it shares), and a cached "kept" member that matches is read again,
+    so a release by replica a (its judge said no) is not missed."""
+    a, b = replicas
+    assert await a.neardup.claim("c", "c-0", Q) is None
+    assert (await b.neardup.claim("c", "c-1", Q_REWORDED)).item_id == "c-0"  # b caches c-0 kept, c-1 dup
+    index = b.neardup
+    unrelated = index.config.signature("A train travels 300 km in 4 hours. What is its average speed?")
+    reads = index.kv_reads
+    assert await index._best_match("c", ["c-0", "c-1", "c-0"], unrelated, "c-9", set()) is None
+    assert index.kv_reads == reads and index.cache_hits >= 2
+    # a match against a cached "kept" member: confirmed by one read
+    match = await index._best_match("c", ["c-0", "c-1", "c-0"], index.config.signature(Q), "c-9", set())
+    assert match.item_id == "c-0" and index.kv_reads == reads + 1
+    # a releases c-0; b still holds it as kept in its cache, but the confirming read sees the release
+    await a.neardup.release("c", "c-0")
+    assert await index.claim("c", "c-3", Q.replace("in total", "altogether")) is None
+
+
+async def test_cache_is_bounded(replicas):
+    a, _ = replicas
+    a.neardup.cache_size = 3
+    for i in range(6):
+        await a.neardup.claim("b", f"b-{i}", f"Question number {i}: what is {i} + {i * 7} times {i + 11}?")
+    assert len(a.neardup._cache) == 3
