@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run test test-slow test-faults test-all protos lint
+.PHONY: venv run test test-slow test-faults test-all protos lint bench bench-orchestration bench-scaling bench-efficiency bench-memory bench-peer bench-plot
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -33,4 +33,30 @@ protos: venv
 	bash scripts/gen_protos.sh
 
 lint: venv
-	$(PY) -m ruff check libs services scalequest_cli tests
+	$(PY) -m ruff check libs services scalequest_cli tests benchmarks
+
+# Benchmarks (docs/benchmarks.md): each prints tables and writes benchmarks/results/<name>.json.
+# Not tests: nothing asserts a speed. BENCH_ARGS is passed through, e.g. BENCH_ARGS="--repeats 1".
+bench-orchestration: venv
+	$(PY) -m benchmarks.orchestration $(BENCH_ARGS)
+
+bench-scaling: venv
+	$(PY) -m benchmarks.scaling $(BENCH_ARGS)
+
+bench-efficiency: venv
+	.venv/bin/scalequest prepare-model
+	$(PY) -m benchmarks.efficiency $(BENCH_ARGS)
+
+bench-memory: venv
+	.venv/bin/scalequest prepare-model
+	$(PY) -m benchmarks.memory $(BENCH_ARGS)
+
+bench-peer: venv
+	.venv/bin/scalequest prepare-model
+	bash scripts/bench_peer_venv.sh
+	$(PY) -m benchmarks.peer $(BENCH_ARGS)
+
+bench-plot: venv
+	$(PY) -m benchmarks.plot
+
+bench: bench-orchestration bench-scaling bench-efficiency bench-memory bench-peer bench-plot

@@ -58,9 +58,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass
 class ServiceProc:
-    name: str
+    name: str  # the service, or "<service>-<n>" for its n-th extra replica
     port: int
     log_path: Path
+    service: str = ""
     popen: subprocess.Popen | None = None
     starts: int = 0
     peak_rss_kb: list[int] = field(default_factory=list)  # VmHWM of each incarnation
@@ -131,8 +132,17 @@ class ProcessPipeline:
         batch_size: int = 8,
         concurrency: int = 2,
         env: dict[str, str] | None = None,
+        replicas: dict[str, int] | None = None,
+        env_per_service: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.replicas = {name: 1 for name in SERVICES} | dict(replicas or {})
+        unknown = set(self.replicas) - set(SERVICES)
+        if unknown or any(n < 1 for n in self.replicas.values()):
+            raise ValueError(f"replicas: services are {SERVICES}, each with >= 1 replica; got {replicas}")
+        if self.replicas["coordinator"] != 1:
+            raise ValueError("the coordinator runs as a single replica")
+        self.env_per_service = dict(env_per_service or {})
         self.use_s3 = s3
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
@@ -193,10 +203,12 @@ class ProcessPipeline:
         await self._connect()
         await ensure_topology(self.js, ack_wait=self.ack_wait, max_deliver=self.max_deliver)
         self.kv = await self.js.key_value(RUNS_BUCKET)
-        for name in SERVICES:
-            self.procs[name] = ServiceProc(name, free_port(), self.workdir / "logs" / f"{name}.log")
-            self._spawn(self.procs[name])
-        await asyncio.gather(*(self.wait_serving(n, timeout) for n in SERVICES))
+        for service in SERVICES:
+            for i in range(self.replicas[service]):
+                name = service if i == 0 else f"{service}-{i + 1}"
+                self.procs[name] = ServiceProc(name, free_port(), self.workdir / "logs" / f"{name}.log", service)
+                self._spawn(self.procs[name])
+        await asyncio.gather(*(self.wait_serving(n, timeout) for n in self.procs))
         return self
 
     async def _connect(self) -> None:
@@ -205,11 +217,12 @@ class ProcessPipeline:
     def _spawn(self, p: ServiceProc) -> None:
         p.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = self.env()
+        env.update(self.env_per_service.get(p.service or p.name, {}))
         env["SQ_GRPC_PORT"] = str(p.port)
         env["HOSTNAME"] = f"{p.name}-{p.starts}"  # replica id of the stage counters
         with open(p.log_path, "ab") as log:
             p.popen = subprocess.Popen(
-                [sys.executable, "-m", "scalequest_cli.main", "serve", p.name],
+                [sys.executable, "-m", "scalequest_cli.main", "serve", p.service or p.name],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -218,7 +231,7 @@ class ProcessPipeline:
     async def wait_serving(self, name: str, timeout: float = 60.0) -> float:
         """Seconds until ``name`` answers SERVING on the health service its probe names."""
         p = self.procs[name]
-        return await wait_health_serving(p.port, HEALTH_NAMES[name], lambda: p.alive, p.tail, timeout, name)
+        return await wait_health_serving(p.port, HEALTH_NAMES[p.service or name], lambda: p.alive, p.tail, timeout, name)
 
     async def close(self) -> None:
         for p in self.procs.values():
@@ -271,7 +284,7 @@ class ProcessPipeline:
         self.nats.stop(kill=True)
         await asyncio.sleep(down)
         await asyncio.to_thread(self.nats.start)
-        await asyncio.gather(*(self.wait_serving(n) for n in SERVICES))
+        await asyncio.gather(*(self.wait_serving(n) for n in self.procs))
         return time.monotonic() - t0
 
     async def s3_outage(self, seconds: float = 30.0) -> float:

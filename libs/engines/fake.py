@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 from libs.engines.base import Completion, Engine, GenerationResult, SamplingSpec
@@ -23,6 +24,13 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 MAX_RECORDED_CALLS = 4096
 
 
+def _burn(seconds: float) -> None:
+    """Keep this thread on the CPU for ``seconds`` of its own CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 class FakeEngine(Engine):
     """Engine whose completions come from a Python callable.
 
@@ -33,6 +41,9 @@ class FakeEngine(Engine):
         logprobs: the ``{token: logprob}`` alternatives reported for every generated token
             when a request asks for logprobs (the first `params.logprobs` entries).
         delay: seconds each `generate` call sleeps, to simulate latency.
+        cpu: seconds of CPU each `generate` call burns on the event loop's thread (holding the
+            GIL, like an engine computing in-process): a compute-bound engine for scaling
+            benchmarks, where `delay` is a latency-bound one.
         max_model_len: prompts longer than this (in whitespace tokens) raise InvalidArgument.
         system_prompt: default system turn of the ChatML template (None: no system turn).
     """
@@ -45,6 +56,7 @@ class FakeEngine(Engine):
         model_name: str = "fake",
         logprobs: dict[str, float] | None = None,
         delay: float = 0.0,
+        cpu: float = 0.0,
         max_model_len: int | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     ) -> None:
@@ -53,6 +65,7 @@ class FakeEngine(Engine):
         self._responder = responder or (lambda prompt, params, index: self._text)
         self._logprobs = dict(logprobs) if logprobs is not None else {"the": -0.1, "a": -2.5, "an": -4.0}
         self._delay = delay
+        self._cpu = cpu
         self._max_model_len = max_model_len
         self._system_prompt = system_prompt
         self._started = False
@@ -91,6 +104,8 @@ class FakeEngine(Engine):
             del self.calls[: MAX_RECORDED_CALLS // 2]
         if self._delay:
             await asyncio.sleep(self._delay)
+        if self._cpu:
+            _burn(self._cpu)
         completions = []
         for index in range(params.n):
             raw = self._responder(prompt, params, index)

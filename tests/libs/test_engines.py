@@ -37,6 +37,24 @@ async def test_fake_default_echo_and_counts():
     assert engine.generated_tokens == 8
 
 
+async def test_fake_cpu_cost_burns_cpu_and_calls_are_bounded():
+    from libs.engines import fake
+    from libs.engines.factory import engine_spec
+    from libs.settings import CommonSettings
+
+    engine = FakeEngine(cpu=0.05)
+    await engine.start()
+    t0 = time.thread_time()
+    await engine.generate("p", SamplingSpec())
+    assert time.thread_time() - t0 >= 0.05
+    for i in range(fake.MAX_RECORDED_CALLS + 10):
+        engine._cpu = 0.0
+        await engine.generate(f"p{i}", SamplingSpec())
+    assert len(engine.calls) <= fake.MAX_RECORDED_CALLS and engine.calls[-1][0] == f"p{fake.MAX_RECORDED_CALLS + 9}"
+    spec = engine_spec(CommonSettings(engine="fake", fake_cpu_seconds=0.01, fake_delay_seconds=0.5))
+    assert dict(spec.options) == {"delay": 0.5, "cpu": 0.01}
+
+
 async def test_fake_responder_limits_stops_and_logprobs():
     engine = FakeEngine(lambda prompt, params, i: f"answer {i} to {prompt} END trailing", logprobs={"x": -0.5, "y": -1.5})
     await engine.start()

@@ -1,0 +1,350 @@
+"""Orchestration overhead: items/s through each stage and end to end with a zero-cost engine,
+next to raw nats-py JetStream rates measured in the same run.
+
+Every repeat runs, on a fresh ``nats-server`` (file store, as deployed) each time:
+
+1. **raw NATS**: nats-py on one connection, 300-byte messages with ``Nats-Msg-Id``:
+   ``publish`` (acks awaited in windows of ``batch x concurrency``), ``consume`` (fetch a batch,
+   ``ack_sync`` each, as the stage worker does), and ``hop`` (consume from one stream, publish
+   to another, then ack: the least work a stage can do per item). These are the ceilings a
+   Python stage process can reach on this machine.
+2. **per stage**: the five services as separate processes (``libs.chaos.ProcessPipeline``, the
+   scripted math world with ``SQ_ENGINE=fake``). Every stage process is paused (SIGSTOP), the
+   coordinator admits ``--items`` tasks, then the stages are resumed one at a time, each draining
+   the full queue the stage before it left; items/s = items it consumed / time to drain.
+3. **end to end**: all stages running together, one run of ``--items`` admitted tasks
+   (``max_outstanding`` = ``--outstanding``); items/s = items that ended (accepted or rejected
+   anywhere) per second of run wall time. Per-process CPU seconds show who is busy.
+
+With ``--profile`` (needs ``py-spy`` on PATH, see docs/benchmarks.md) the end-to-end phase of the
+first repeat is sampled in every service process and the table shows where the main thread's
+time goes (NATS client, asyncio, protobuf, stage logic, worker, engine, idle).
+
+``--filter-variants`` adds end-to-end runs with other filter settings (e.g. near-duplicate
+removal off), since the filter's KV round trips dominate its cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    base_parser,
+    cpu_seconds,
+    median,
+    spread,
+    table,
+    write_result,
+)
+
+NAME = "orchestration"
+STAGES = ("questiongen", "filter", "solver", "reward", "coordinator")
+STAGE_QUEUE = {"questiongen": "GENERATE", "filter": "FILTER", "solver": "SOLVE", "reward": "SCORE",
+               "coordinator": "SINK"}  # fmt: skip
+# The coordinator keeps its own default batch (256): its fetch window bounds the records one
+# shard write collects, and so the sink's throughput (services/coordinator/settings.py).
+SINK = {"coordinator": {"SQ_BATCH_SIZE": "256"}}
+VARIANTS = {
+    "default": {},
+    "no-neardup": {"SQ_NEARDUP_ENABLED": "false"},
+    "no-dedup": {"SQ_NEARDUP_ENABLED": "false", "SQ_DEDUP_ENABLED": "false"},
+}
+
+
+# ------------------------------------------------------------------------------ raw NATS
+async def raw_nats(workdir: Path, n: int, window: int, batch: int) -> dict[str, float]:
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+
+    from libs.queue.fetch import fetch_ready
+    from libs.queue.server import EmbeddedNats
+
+    srv = EmbeddedNats(store_dir=workdir / "raw-nats").start()
+    nc = await nats.connect(srv.url)
+    try:
+        js = nc.jetstream()
+        for name in ("RA", "RB"):
+            await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"],
+                                             retention=RetentionPolicy.WORK_QUEUE))  # fmt: skip
+            await js.add_consumer(name, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT,
+                                                       max_ack_pending=100_000))  # fmt: skip
+        payload = b"x" * 300
+
+        async def publish(subject: str, ids: range, prefix: str) -> None:
+            for i in range(ids.start, ids.stop, window):
+                await asyncio.gather(*(js.publish(subject, payload, headers={"Nats-Msg-Id": f"{prefix}{j}"})
+                                       for j in range(i, min(i + window, ids.stop))))  # fmt: skip
+
+        t0 = time.perf_counter()
+        await publish("ra.x", range(n), "a")
+        pub = n / (time.perf_counter() - t0)
+
+        sub_a = await js.pull_subscribe_bind(durable="c", stream="RA")
+        half = n // 2
+        t0 = time.perf_counter()
+        got = 0
+        while got < half:
+            msgs = await fetch_ready(sub_a, min(batch, half - got), 5.0)
+            await asyncio.gather(*(m.ack_sync() for m in msgs))
+            got += len(msgs)
+        consume = got / (time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        hopped = 0
+        while hopped < n - half:
+            msgs = await fetch_ready(sub_a, min(batch, n - half - hopped), 5.0)
+            await asyncio.gather(*(js.publish("rb.x", m.data, headers={"Nats-Msg-Id": f"b{hopped + k}"})
+                                   for k, m in enumerate(msgs)))  # fmt: skip
+            await asyncio.gather(*(m.ack_sync() for m in msgs))
+            hopped += len(msgs)
+        hop = hopped / (time.perf_counter() - t0)
+        return {"publish_per_s": pub, "consume_ack_per_s": consume, "hop_per_s": hop}
+    finally:
+        await nc.close()
+        srv.close()
+
+
+# ------------------------------------------------------------------------------ helpers
+async def backlog(js, queue) -> int:
+    info = await js.consumer_info(queue.stream, queue.consumer)
+    return int(info.num_pending) + int(info.num_ack_pending)
+
+
+async def wait_backlog(js, queue, want: int, timeout: float, cmp=lambda have, want: have >= want) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if cmp(await backlog(js, queue), want):
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"{queue.stream}: backlog {await backlog(js, queue)} did not reach {want} in {timeout:.0f}s")
+
+
+def pipeline_env(batch: int, concurrency: int, extra: dict[str, str]) -> dict[str, str]:
+    # Quiet logs: per-item log lines are part of the product, but at WARNING they stay out of
+    # the figures for everything but rejections.
+    return {"SQ_LOG_LEVEL": "WARNING", "SQ_BATCH_SIZE": str(batch), **extra}
+
+
+# ------------------------------------------------------------------------------ per stage
+async def per_stage(workdir: Path, items: int, batch: int, concurrency: int, extra: dict[str, str]) -> dict:
+    """Each stage alone, draining a full queue (module doc, step 2)."""
+    from libs.chaos import ProcessPipeline
+    from libs.queue import subjects
+
+    out: dict[str, Any] = {}
+    async with ProcessPipeline(workdir, batch_size=batch, concurrency=concurrency, ack_wait=120,
+                               env=pipeline_env(batch, concurrency, extra), env_per_service=SINK) as pipe:  # fmt: skip
+        for name in STAGES[:-1]:
+            os.kill(pipe.procs[name].pid, signal.SIGSTOP)
+        try:
+            run_id = await pipe.start_run(items, max_outstanding=items, max_tasks=items)
+            await wait_backlog(pipe.js, subjects.GENERATE, items, 120)
+            os.kill(pipe.procs["coordinator"].pid, signal.SIGSTOP)
+            for name in STAGES:
+                q = getattr(subjects, STAGE_QUEUE[name])
+                n = await backlog(pipe.js, q)
+                cpu0 = cpu_seconds(pipe.procs[name].pid)
+                t0 = time.perf_counter()
+                os.kill(pipe.procs[name].pid, signal.SIGCONT)
+                await wait_backlog(pipe.js, q, 0, 600, cmp=lambda have, want: have <= want)
+                dt = time.perf_counter() - t0
+                cpu = cpu_seconds(pipe.procs[name].pid) - cpu0
+                out[name] = {"items": n, "seconds": dt, "items_per_s": n / dt if dt else 0.0,
+                             "cpu_ms_per_item": 1000 * cpu / n if n else 0.0}  # fmt: skip
+            st = await pipe.wait_run(run_id, 120)
+            out["_run"] = {"accepted": st.get("accepted"), "finished": st.get("finished")}
+        finally:
+            for p in pipe.procs.values():
+                if p.alive:
+                    os.kill(p.pid, signal.SIGCONT)
+    return out
+
+
+# ------------------------------------------------------------------------------ end to end
+async def end_to_end(
+    workdir: Path, items: int, outstanding: int, batch: int, concurrency: int, extra: dict[str, str],
+    profile_dir: Path | None = None,
+) -> dict:
+    from libs.chaos import ProcessPipeline
+
+    async with ProcessPipeline(workdir, batch_size=batch, concurrency=concurrency, ack_wait=120,
+                               env=pipeline_env(batch, concurrency, extra), env_per_service=SINK) as pipe:  # fmt: skip
+        pids = {n: p.pid for n, p in pipe.procs.items()} | {"nats-server": pipe.nats.pid}
+        cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
+        t0 = time.perf_counter()
+        # target = items: the run ends when every admitted task ended or the target is reached.
+        run_id = await pipe.start_run(items, max_outstanding=outstanding, max_tasks=items)
+        spies = start_profilers(pids, profile_dir) if profile_dir else {}
+        st = await pipe.wait_run(run_id, 900)
+        dt = time.perf_counter() - t0
+        cpu = {n: cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+        for s in spies.values():
+            s.send_signal(signal.SIGINT)
+        for s in spies.values():
+            try:
+                s.wait(30)
+            except subprocess.TimeoutExpired:
+                s.kill()
+        finished = int(st.get("finished", 0))
+        return {
+            "seconds": dt,
+            "finished": finished,
+            "accepted": int(st.get("accepted", 0)),
+            "items_per_s": finished / dt,
+            "accepted_per_s": int(st.get("accepted", 0)) / dt,
+            "cpu_seconds": cpu,
+            "cpu_utilization": sum(cpu.values()) / dt / (os.cpu_count() or 1),
+            "rejections": st.get("rejections", {}),
+        }
+
+
+# ------------------------------------------------------------------------------ profile
+def start_profilers(pids: dict[str, int], out_dir: Path) -> dict[str, subprocess.Popen]:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        print("--profile: py-spy not on PATH (pip install py-spy); no profile")
+        return {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies = {}
+    for name, pid in pids.items():
+        if name in STAGES:
+            cmd = [spy, "record", "--rate", "200", "--format", "raw", "--idle",
+                   "--output", str(out_dir / f"{name}.txt"), "--pid", str(pid)]  # fmt: skip
+            spies[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spies
+
+
+CATEGORIES = (  # first match wins, tested against the innermost frames first
+    ("idle (waiting in select)", ("selectors.py", "EpollSelector")),
+    ("engine (zero-cost fake)", ("libs/engines/",)),
+    ("protobuf", ("google/protobuf", "message.py")),
+    ("NATS client", ("nats/",)),
+    ("stage worker", ("libs/queue/",)),
+    ("stage logic", ("services/", "libs/answers", "libs/runstate", "libs/difficulty")),
+    ("asyncio", ("asyncio/",)),
+)
+
+
+def summarize_profile(path: Path) -> dict[str, float]:
+    """Share of the main thread's samples per category (module doc)."""
+    shares: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or not frames[0].startswith("_run_module_as_main"):
+            continue  # other threads (executor workers) are idle almost all the time
+        total += int(n)
+        cat = "other"
+        for frame in reversed(frames):
+            hit = next((c for c, keys in CATEGORIES if any(k in frame for k in keys)), None)
+            if hit:
+                cat = hit
+                break
+        shares[cat] += int(n)
+    return {c: v / total for c, v in shares.most_common()} if total else {}
+
+
+# ------------------------------------------------------------------------------ main
+async def run(args) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="sq-bench-orch-"))
+    variants = ["default", *[v for v in args.filter_variants if v != "default"]]
+    reps: list[dict] = []
+    profile: dict[str, dict[str, float]] = {}
+    try:
+        for r in range(args.repeats):
+            rep: dict[str, Any] = {}
+            print(f"[repeat {r + 1}/{args.repeats}] raw NATS ...", flush=True)
+            rep["raw"] = await raw_nats(base / f"r{r}", args.raw_messages, args.batch_size * args.concurrency,
+                                        args.batch_size)  # fmt: skip
+            print(f"[repeat {r + 1}/{args.repeats}] per stage ({args.stage_items} items) ...", flush=True)
+            rep["stages"] = await per_stage(base / f"r{r}-stages", args.stage_items, args.batch_size,
+                                            args.concurrency, {})  # fmt: skip
+            rep["e2e"] = {}
+            for v in variants:
+                print(f"[repeat {r + 1}/{args.repeats}] end to end, {v} ({args.items} items) ...", flush=True)
+                prof = base / "profile" if (args.profile and r == 0 and v == "default") else None
+                rep["e2e"][v] = await end_to_end(base / f"r{r}-e2e-{v}", args.items, args.outstanding,
+                                                 args.batch_size, args.concurrency, VARIANTS[v], prof)  # fmt: skip
+                if prof:
+                    for name in STAGES:
+                        f = prof / f"{name}.txt"
+                        if f.exists():
+                            profile[name] = summarize_profile(f)
+                print(f"    {rep['e2e'][v]['items_per_s']:.0f} items/s", flush=True)
+            reps.append(rep)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"repeats": reps, "profile": profile, "summary": summarize(reps, variants)}
+
+
+def summarize(reps: list[dict], variants: list[str]) -> dict:
+    s: dict[str, Any] = {"raw": {k: median(r["raw"][k] for r in reps) for k in reps[0]["raw"]}}
+    s["stages"] = {n: {"items_per_s": median(r["stages"][n]["items_per_s"] for r in reps),
+                       "cpu_ms_per_item": median(r["stages"][n]["cpu_ms_per_item"] for r in reps)}
+                   for n in STAGES}  # fmt: skip
+    s["e2e"] = {v: {"items_per_s": median(r["e2e"][v]["items_per_s"] for r in reps),
+                    "accepted_per_s": median(r["e2e"][v]["accepted_per_s"] for r in reps),
+                    "cpu_utilization": median(r["e2e"][v]["cpu_utilization"] for r in reps)}
+                for v in variants}  # fmt: skip
+    s["hop_ratio"] = median(r["e2e"]["default"]["items_per_s"] / r["raw"]["hop_per_s"] for r in reps)
+    return s
+
+
+def report(res: dict, args) -> None:
+    reps = res["repeats"]
+    variants = list(res["summary"]["e2e"])
+    print(table(["raw nats-py (1 connection, 300 B)", "msgs/s median (min-max)"],
+                [[k.replace("_per_s", ""), spread([r["raw"][k] for r in reps])] for k in reps[0]["raw"]],
+                "Raw JetStream rates on this machine"))  # fmt: skip
+    print(table(["stage (alone, draining a full queue)", "items", "items/s median (min-max)", "CPU ms/item"],
+                [[n, reps[0]["stages"][n]["items"], spread([r["stages"][n]["items_per_s"] for r in reps]),
+                  median(r["stages"][n]["cpu_ms_per_item"] for r in reps)] for n in STAGES],
+                "Per stage, zero-cost engine"))  # fmt: skip
+    rows = []
+    for v in variants:
+        e = [r["e2e"][v] for r in reps]
+        rows.append([v, spread([x["items_per_s"] for x in e]), spread([x["accepted_per_s"] for x in e]),
+                     f"{median(x['cpu_utilization'] for x in e):.0%}"])  # fmt: skip
+    print(table(["filter settings", "items/s end to end", "accepted/s", "CPU used (of all cores)"], rows,
+                f"End to end, {args.items} items, max_outstanding {args.outstanding}"))  # fmt: skip
+    names = list(reps[0]["e2e"]["default"]["cpu_seconds"])
+    print(table(["process", "CPU s (default run, median)"],
+                [[n, median(r["e2e"]["default"]["cpu_seconds"][n] for r in reps)] for n in names],
+                "Who is busy end to end"))  # fmt: skip
+    if res["profile"]:
+        profiles = res["profile"].values()
+        cats = sorted({c for p in profiles for c in p}, key=lambda c: -sum(p.get(c, 0) for p in profiles))
+        print(table(["main thread time", *res["profile"]],
+                    [[c, *(f"{p.get(c, 0):.0%}" for p in res["profile"].values())] for c in cats],
+                    "Profile (py-spy, end-to-end run, share of samples)"))  # fmt: skip
+    print(f"\nend to end / raw hop rate: {res['summary']['hop_ratio']:.2f} (default filter settings)")
+
+
+def main() -> None:
+    p = base_parser(NAME, __doc__)
+    p.add_argument("--items", type=int, default=10_000, help="tasks admitted in each end-to-end run")
+    p.add_argument("--stage-items", type=int, default=4_000, help="tasks queued for the per-stage drains")
+    p.add_argument("--outstanding", type=int, default=2_048, help="the run's max_outstanding")
+    p.add_argument("--batch-size", type=int, default=16, help="SQ_BATCH_SIZE of the stages (16 is the shipped default)")
+    p.add_argument("--concurrency", type=int, default=2, help="SQ_WORKER_CONCURRENCY of every service")
+    p.add_argument("--raw-messages", type=int, default=20_000)
+    p.add_argument("--filter-variants", nargs="*", default=["no-neardup"], choices=list(VARIANTS))
+    p.add_argument("--profile", action="store_true", help="py-spy profile of the first end-to-end run")
+    args = p.parse_args()
+    res = asyncio.run(run(args))
+    report(res, args)
+    write_result(args.out, NAME, args, res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""One PNG of the benchmark results: ``python -m benchmarks.plot [--results DIR] [--out PNG]``.
+
+Reads whichever of ``orchestration.json``, ``scaling.json``, ``efficiency.json``, ``peer.json``
+and ``memory.json`` exist in the results directory and draws one panel per benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR
+
+
+def load(results: Path) -> dict[str, Any]:
+    out = {}
+    for name in ("orchestration", "scaling", "efficiency", "peer", "memory"):
+        f = results / f"{name}.json"
+        if f.exists():
+            out[name] = json.loads(f.read_text())
+    return out
+
+
+def panel_orchestration(ax, doc: dict) -> None:
+    s = doc["results"]["summary"]
+    labels, values = [], []
+    for k, v in s["raw"].items():
+        labels.append(f"raw {k.replace('_per_s', '')}")
+        values.append(v)
+    for name, v in s["stages"].items():
+        labels.append(f"{name} alone")
+        values.append(v["items_per_s"])
+    for name, v in s["e2e"].items():
+        labels.append(f"end to end ({name})")
+        values.append(v["items_per_s"])
+    colors = ["#999999"] * len(s["raw"]) + ["#4c72b0"] * len(s["stages"]) + ["#dd8452"] * len(s["e2e"])
+    ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+    ax.axvline(5000, color="red", linestyle="--", linewidth=1, label="target 5,000 items/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("messages or items per second (log)")
+    ax.set_title("Orchestration, zero-cost engine")
+    ax.legend(loc="lower right", fontsize=7)
+
+
+def panel_scaling(ax, doc: dict) -> None:
+    s = doc["results"]["summary"]
+    for engine, by_n in s.items():
+        ns = sorted(by_n, key=int)
+        ax.plot([int(n) for n in ns], [by_n[n]["items_per_s"] for n in ns], marker="o", label=f"{engine} engine")
+    ax.set_xlabel("solver processes")
+    ax.set_ylabel("items/s")
+    ax.set_xticks([int(n) for n in next(iter(s.values()))])
+    ax.set_title("Solver replica scaling")
+    ax.legend(fontsize=7)
+
+
+def panel_ratio(ax, doc: dict, title: str, key_pairs: list[tuple[str, str]], target: float) -> None:
+    """Bars of the headline ratios a benchmark reports (``results.summary`` keys)."""
+    s = doc["results"].get("summary", {})
+    labels = [label for label, key in key_pairs if isinstance(s.get(key), (int, float))]
+    values = [s[key] for label, key in key_pairs if isinstance(s.get(key), (int, float))]
+    ax.bar(labels, values, color="#55a868")
+    ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target {target:g}")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
+def panel_memory(ax, doc: dict) -> None:
+    s = doc["results"].get("summary", {})
+    rows = s.get("peak_rss_mib", {})
+    if not rows:
+        ax.set_axis_off()
+        return
+    ax.barh(list(rows)[::-1], list(rows.values())[::-1], color="#8172b2")
+    ax.set_xlabel("peak RSS (MiB)")
+    ax.set_title("Memory")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=RESULTS_DIR)
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.png"))
+    args = p.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs = load(args.results)
+    if not docs:
+        raise SystemExit(f"no benchmark results in {args.results}; run the benchmarks first (docs/benchmarks.md)")
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    axes = axes.ravel()
+    i = 0
+    if "orchestration" in docs:
+        panel_orchestration(axes[i], docs["orchestration"])
+        i += 1
+    if "scaling" in docs:
+        panel_scaling(axes[i], docs["scaling"])
+        i += 1
+    if "efficiency" in docs:
+        panel_ratio(axes[i], docs["efficiency"], "Pipeline / direct engine (tok/s)",
+                    [("busy window", "ratio_busy"), ("run wall", "ratio_wall")], 0.9)  # fmt: skip
+        i += 1
+    if "peer" in docs:
+        panel_ratio(axes[i], docs["peer"], "Ours / distilabel (accepted pairs/s)",
+                    [("steady state", "ratio_steady"), ("total", "ratio_total")], 1.0)  # fmt: skip
+        i += 1
+    if "memory" in docs:
+        panel_memory(axes[i], docs["memory"])
+        i += 1
+    for ax in axes[i:]:
+        ax.set_axis_off()
+    date = next(iter(docs.values()))["machine"]["date"][:10]
+    m = next(iter(docs.values()))["machine"]
+    fig.suptitle(f"scalequest benchmarks, {date}, {m['cores']} cores, {m['cpu']}", fontsize=11)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

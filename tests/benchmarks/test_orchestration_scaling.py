@@ -1,0 +1,88 @@
+"""The orchestration and scaling benchmarks' own logic (no timing is asserted anywhere), and
+one tiny end-to-end run of each command (marked slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import common, scaling
+from benchmarks.orchestration import summarize_profile
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_profile_summary_counts_main_thread_samples_by_innermost_known_frame(tmp_path):
+    raw = tmp_path / "p.txt"
+    main = "_run_module_as_main (<frozen runpy>:198);main (scalequest_cli/main.py:1)"
+    raw.write_text(
+        f"{main};BaseEventLoop._run_once (asyncio/base_events.py:1);EpollSelector.select (selectors.py:468) 6\n"
+        f"{main};StageWorker._loop (libs/queue/worker.py:1);Client.request (nats/aio/client.py:1) 3\n"
+        f"{main};FilterStage.check (services/filter/stage.py:1) 1\n"
+        "Thread._bootstrap (threading.py:1);_worker (concurrent/futures/thread.py:81) 50\n"
+    )
+    shares = summarize_profile(raw)
+    assert shares == {"idle (waiting in select)": 0.6, "NATS client": 0.3, "stage logic": 0.1}
+
+
+def test_scaling_bound_says_cpu_bound_or_not():
+    args = SimpleNamespace(replicas=[1, 2, 4])
+    cpu_bound = {"cpu": {"1": {"items_per_s": 100, "speedup": 1, "cpu_used": 0.5},
+                         "2": {"items_per_s": 180, "speedup": 1.8, "cpu_used": 0.95},
+                         "4": {"items_per_s": 185, "speedup": 1.85, "cpu_used": 0.97}}}  # fmt: skip
+    assert "flat from 4 replicas" in scaling.bounds(cpu_bound, args)["cpu"]
+    assert "CPU bound" in scaling.bounds(cpu_bound, args)["cpu"]
+    growing = {"latency": {"1": {"items_per_s": 100, "speedup": 1, "cpu_used": 0.1},
+                           "2": {"items_per_s": 200, "speedup": 2, "cpu_used": 0.2},
+                           "4": {"items_per_s": 400, "speedup": 4, "cpu_used": 0.4}}}  # fmt: skip
+    assert scaling.bounds(growing, args)["latency"].startswith("still growing at 4")
+    other = {"latency": {"1": {"items_per_s": 100, "speedup": 1, "cpu_used": 0.1},
+                         "2": {"items_per_s": 105, "speedup": 1.05, "cpu_used": 0.2},
+                         "4": {"items_per_s": 104, "speedup": 1.04, "cpu_used": 0.2}}}  # fmt: skip
+    assert "not CPU" in scaling.bounds(other, args)["latency"]
+
+
+def test_table_and_spread():
+    t = common.table(["a", "b"], [["x", 1234.5], ["yy", 0.5]])
+    assert t.splitlines()[0] == "| a  | b     |" and "1,234" in t and "0.50" in t
+    assert common.spread([3.0, 1.0, 2.0]) == "2.00 (1.00-3.00)"
+    assert common.spread([]) == "-"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("orchestration", ["--items", "60", "--stage-items", "40", "--raw-messages", "400", "--filter-variants"]),
+        ("scaling", ["--items", "40", "--replicas", "1", "2", "--engines", "cpu"]),
+    ],
+)
+def test_benchmark_command_runs_and_writes_json(tmp_path, module, args):
+    out = tmp_path / f"{module}.json"
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--repeats", "1", "--out", str(out), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == module and doc["machine"]["cores"] >= 1
+    assert "|" in proc.stdout  # printed a table
+    if module == "orchestration":
+        e2e = doc["results"]["summary"]["e2e"]["default"]
+        assert e2e["items_per_s"] > 0
+        assert set(doc["results"]["summary"]["stages"]) == {"questiongen", "filter", "solver", "reward", "coordinator"}
+    else:
+        assert set(doc["results"]["summary"]["cpu"]) == {"1", "2"}
+
+
+def test_process_pipeline_replicas_are_checked(tmp_path):
+    from libs.chaos import ProcessPipeline
+
+    with pytest.raises(ValueError, match="single replica"):
+        ProcessPipeline(tmp_path, replicas={"coordinator": 2})
+    with pytest.raises(ValueError, match="replicas"):
+        ProcessPipeline(tmp_path, replicas={"solvr": 2})
+    assert ProcessPipeline(tmp_path, replicas={"solver": 4}).replicas["solver"] == 4
