@@ -7,7 +7,8 @@ One ``StageWorker`` per stage process. Per fetched batch:
   dead-lettered (``max_deliver_exceeded``) without running the handler;
 * the remaining items go to ONE handler call, which returns one entry per item:
   a list of ``Publish`` -> all are published with ``Nats-Msg-Id`` (awaiting the stream's acks),
-  THEN the input is acked; a ``PoisonMessage`` (or ``InvalidArgument``) -> dead letter + term;
+  THEN the input is acked (a plain ack: a lost one means a deduplicated redelivery);
+  a ``PoisonMessage`` (or ``InvalidArgument``) -> dead letter + term;
   a ``TransientError`` or any other exception -> ``nak(delay)``, or dead letter on the
   ``max_deliver``-th delivery. A handler that raises counts as that exception for every item;
 * while the handler runs, ``in_progress()`` is sent every ``ack_wait / 3`` so slow model calls
@@ -151,7 +152,6 @@ class StageWorker(Generic[T]):
         self._on_dead_letter = on_dead_letter
         self.max_message_bytes = max_message_bytes  # 0 = no limit beyond the server's max_payload
         self.dlq_subject = subjects.dlq_subject(stage)
-        self.ack_timeout = 5.0
         self.publish_timeout = 10.0
         self.publish_retry_delay = DEFAULT_NAK_DELAY  # nak delay when outputs could not be stored
         self.retry_delay = DEFAULT_NAK_DELAY  # nak delay for exceptions other than TransientError
@@ -431,10 +431,12 @@ class StageWorker(Generic[T]):
             await self._nak(w, self.publish_retry_delay, f"publish failed: {_describe(failed[0])}")
             return
         try:
-            await w.msg.ack_sync(timeout=self.ack_timeout)
-        except Exception as e:  # noqa: BLE001 -- see below
-            # Outputs are stored; redelivery would republish them under the same ids (deduplicated).
-            log.warning("worker %s: ack of %s not confirmed: %s", self.stage, w.item_id, _describe(e),
+            # A plain ack, not ack_sync: waiting for the server's confirmation halved the rate a
+            # stage can consume at (docs/benchmarks.md) and bought nothing, because an ack that is
+            # lost only means a redelivery whose outputs are deduplicated by their msg ids.
+            await w.msg.ack()
+        except Exception as e:  # noqa: BLE001 -- see above
+            log.warning("worker %s: ack of %s not sent: %s", self.stage, w.item_id, _describe(e),
                         extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
             return
         self._stats.acked += 1
