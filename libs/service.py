@@ -94,6 +94,7 @@ class StageService:
             max_deliver=s.max_deliver,
             ack_wait=s.ack_wait_seconds,
             concurrency=s.worker_concurrency,
+            fetch_linger=s.fetch_linger_seconds,
             on_dead_letter=spec.on_dead_letter or dead_letter_rejection(self.name),
             max_message_bytes=s.queue_max_message_bytes,
         )

@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 
 from libs.errors import InvalidArgument, NotReady, PoisonMessage, TransientError
 from libs.queue import subjects
-from libs.queue.fetch import fetch_ready
+from libs.queue.fetch import DEFAULT_LINGER, fetch_ready
 from libs.queue.subjects import WorkQueue
 
 log = logging.getLogger("scalequest.queue")
@@ -111,6 +111,7 @@ class StageWorker(Generic[T]):
     run in parallel, each with its own pull subscription and at most one batch in flight.
     ``on_event(name, fields)`` is called for "batch", "ack", "nak" and "dead_letter" (metrics).
     ``max_message_bytes`` dead-letters larger messages (``oversized``) before decoding them.
+    ``fetch_linger``: how long a batch that is not full waits for more (:func:`fetch_ready`).
     ``on_dead_letter(item, reason, detail)`` returns outputs to publish when a decoded item is
     dead-lettered (a stage's terminal rejection for the coordinator, so nothing goes unaccounted).
     """
@@ -132,11 +133,12 @@ class StageWorker(Generic[T]):
         on_event: Callable[[str, dict], None] | None = None,
         on_dead_letter: Callable[[T, str, str], Awaitable[list[Publish]]] | None = None,
         max_message_bytes: int = 0,
+        fetch_linger: float = DEFAULT_LINGER,
     ) -> None:
         if batch_size < 1 or concurrency < 1 or max_deliver < 1:
             raise ValueError("batch_size, concurrency and max_deliver must be >= 1")
-        if fetch_timeout <= 0 or ack_wait <= 0:
-            raise ValueError("fetch_timeout and ack_wait must be > 0")
+        if fetch_timeout <= 0 or ack_wait <= 0 or fetch_linger < 0:
+            raise ValueError("fetch_timeout and ack_wait must be > 0, fetch_linger >= 0")
         self._js = js
         self.queue = queue
         self.stage = stage
@@ -144,6 +146,7 @@ class StageWorker(Generic[T]):
         self._handler = handler
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        self.fetch_linger = fetch_linger
         self.max_deliver = max_deliver
         self.ack_wait = ack_wait
         self.concurrency = concurrency
@@ -267,7 +270,7 @@ class StageWorker(Generic[T]):
         errors_in_row = 0
         while not self._stopping.is_set():
             try:
-                msgs = await fetch_ready(sub, self.batch_size, self.fetch_timeout)
+                msgs = await fetch_ready(sub, self.batch_size, self.fetch_timeout, self.fetch_linger)
             except asyncio.TimeoutError:  # nats.errors.TimeoutError included: nothing to do
                 errors_in_row = 0
                 continue
