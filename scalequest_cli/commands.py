@@ -38,11 +38,18 @@ def run_overrides(args) -> dict[str, dict]:
                      "optimizer_base_url": args.optimizer_base_url}
     elif getattr(args, "optimizer_model", ""):
         optimizer = {"optimizer_engine": args.engine, "optimizer_model": args.optimizer_model}
+    # Engine stages: one item per fetch, and as many fetch loops as the run may have tasks
+    # outstanding. The queue worker finishes a whole fetched batch before it fetches again, so
+    # with batches of 16 one long generation held up to 15 finished items and the items queued
+    # behind them, and the shared engine ran half empty (benchmarks/efficiency.py). With one item
+    # per loop an item's loop fetches the next the moment it is done; admission
+    # (max_outstanding) stays the only bound on work in flight.
+    stage = {"batch_size": 1, "worker_concurrency": max(1, min(256, getattr(args, "max_outstanding", 32)))}
     return {
-        "questiongen": {**engine, **optimizer},
-        "filter": {**engine, "judge_max_tokens": args.judge_max_tokens},
-        "solver": {**engine, "answer_fallback": args.answer_fallback, "solve_prompt": args.solver_prompt},
-        "reward": dict(engine),
+        "questiongen": {**engine, **optimizer, **stage},
+        "filter": {**engine, "judge_max_tokens": args.judge_max_tokens, **stage},
+        "solver": {**engine, "answer_fallback": args.answer_fallback, "solve_prompt": args.solver_prompt, **stage},
+        "reward": {**engine, **stage},
         # The sink holds records un-acked until their shard is durable: give it room.
         "coordinator": {"worker_concurrency": 8, "batch_size": 32, "writer_id": "w0"},
     }

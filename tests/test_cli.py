@@ -55,3 +55,19 @@ def test_bootstrap_is_idempotent_and_reports_a_dead_server(nats_server, tmp_path
     p = cli("bootstrap", "--connect-timeout", "2", env={"SQ_NATS_URL": "nats://127.0.0.1:1"})
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "127.0.0.1:1" in p.stderr
+
+
+def test_run_overrides_give_engine_stages_one_item_per_fetch():
+    # The queue worker finishes a fetched batch before it fetches again: engine stages of the
+    # embedded run take single items on as many loops as the run admits (benchmarks/efficiency.py).
+    from libs.settings import load_settings
+    from scalequest_cli.commands import run_overrides
+    from scalequest_cli.main import build_parser
+    from services.registry import ENGINE_SERVICES, service_module
+
+    for outstanding, loops in (("32", 32), ("1000", 256)):
+        overrides = run_overrides(build_parser().parse_args(["run", "--target", "4", "--max-outstanding", outstanding]))
+        for name in ENGINE_SERVICES:
+            settings = load_settings(service_module(name).Settings, **overrides[name])
+            assert (settings.batch_size, settings.worker_concurrency) == (1, loops)
+        assert overrides["coordinator"]["batch_size"] == 32  # the sink keeps its own batching
