@@ -4,10 +4,11 @@ next to raw nats-py JetStream rates measured in the same run.
 Every repeat runs, on a fresh ``nats-server`` (file store, as deployed) each time:
 
 1. **raw NATS**: nats-py on one connection, 300-byte messages with ``Nats-Msg-Id``:
-   ``publish`` (acks awaited in windows of ``batch x concurrency``), ``consume`` (fetch a batch,
-   ``ack_sync`` each, as the stage worker does), and ``hop`` (consume from one stream, publish
-   to another, then ack: the least work a stage can do per item). These are the ceilings a
-   Python stage process can reach on this machine.
+   ``publish`` (acks awaited in windows of ``batch x concurrency``), ``consume_ack_sync`` and
+   ``consume_ack`` (fetch a batch, then ``ack_sync`` or a plain ``ack`` each; the stage worker
+   acks plainly), and ``hop`` (consume from one stream, publish to another, then ack: the least
+   work a stage can do per item). These are the ceilings a Python stage process can reach on
+   this machine.
 2. **per stage**: the five services as separate processes (``libs.chaos.ProcessPipeline``, the
    scripted math world with ``SQ_ENGINE=fake``). Every stage process is paused (SIGSTOP), the
    coordinator admits ``--items`` tasks, then the stages are resumed one at a time, each draining
@@ -16,8 +17,8 @@ Every repeat runs, on a fresh ``nats-server`` (file store, as deployed) each tim
    (``max_outstanding`` = ``--outstanding``); items/s = items that ended (accepted or rejected
    anywhere) per second of run wall time. Per-process CPU seconds show who is busy.
 
-With ``--profile`` (needs ``py-spy`` on PATH, see docs/benchmarks.md) the end-to-end phase of the
-first repeat is sampled in every service process and the table shows where the main thread's
+With ``--profile`` (needs ``py-spy`` on PATH, see docs/benchmarks.md) one more end-to-end run is
+sampled in every service process (its rate is not reported: sampling slows it) and the table shows where the main thread's
 time goes (NATS client, asyncio, protobuf, stage logic, worker, engine, idle).
 
 ``--filter-variants`` adds end-to-end runs with other filter settings (e.g. near-duplicate
@@ -89,25 +90,34 @@ async def raw_nats(workdir: Path, n: int, window: int, batch: int) -> dict[str, 
         pub = n / (time.perf_counter() - t0)
 
         sub_a = await js.pull_subscribe_bind(durable="c", stream="RA")
-        half = n // 2
-        t0 = time.perf_counter()
-        got = 0
-        while got < half:
-            msgs = await fetch_ready(sub_a, min(batch, half - got), 5.0)
-            await asyncio.gather(*(m.ack_sync() for m in msgs))
-            got += len(msgs)
-        consume = got / (time.perf_counter() - t0)
+        third = n // 3
 
+        async def consume(count: int, sync: bool) -> float:
+            t0, got = time.perf_counter(), 0
+            while got < count:
+                msgs = await fetch_ready(sub_a, min(batch, count - got), 5.0)
+                if sync:
+                    await asyncio.gather(*(m.ack_sync() for m in msgs))
+                else:
+                    for m in msgs:
+                        await m.ack()
+                got += len(msgs)
+            return got / (time.perf_counter() - t0)
+
+        consume_sync = await consume(third, sync=True)
+        consume_plain = await consume(third, sync=False)
         t0 = time.perf_counter()
-        hopped = 0
-        while hopped < n - half:
-            msgs = await fetch_ready(sub_a, min(batch, n - half - hopped), 5.0)
+        hopped, rest = 0, n - 2 * third
+        while hopped < rest:
+            msgs = await fetch_ready(sub_a, min(batch, rest - hopped), 5.0)
             await asyncio.gather(*(js.publish("rb.x", m.data, headers={"Nats-Msg-Id": f"b{hopped + k}"})
                                    for k, m in enumerate(msgs)))  # fmt: skip
-            await asyncio.gather(*(m.ack_sync() for m in msgs))
+            for m in msgs:
+                await m.ack()
             hopped += len(msgs)
         hop = hopped / (time.perf_counter() - t0)
-        return {"publish_per_s": pub, "consume_ack_per_s": consume, "hop_per_s": hop}
+        return {"publish_per_s": pub, "consume_ack_sync_per_s": consume_sync, "consume_ack_per_s": consume_plain,
+                "hop_per_s": hop}  # fmt: skip
     finally:
         await nc.close()
         srv.close()
@@ -272,16 +282,20 @@ async def run(args) -> dict:
             rep["e2e"] = {}
             for v in variants:
                 print(f"[repeat {r + 1}/{args.repeats}] end to end, {v} ({args.items} items) ...", flush=True)
-                prof = base / "profile" if (args.profile and r == 0 and v == "default") else None
                 rep["e2e"][v] = await end_to_end(base / f"r{r}-e2e-{v}", args.items, args.outstanding,
-                                                 args.batch_size, args.concurrency, VARIANTS[v], prof)  # fmt: skip
-                if prof:
-                    for name in STAGES:
-                        f = prof / f"{name}.txt"
-                        if f.exists():
-                            profile[name] = summarize_profile(f)
+                                                 args.batch_size, args.concurrency, VARIANTS[v])  # fmt: skip
                 print(f"    {rep['e2e'][v]['items_per_s']:.0f} items/s", flush=True)
             reps.append(rep)
+        if args.profile:
+            # A run of its own: sampling slows the processes, so its rate is not reported.
+            print("[profile] end to end, default, sampled by py-spy ...", flush=True)
+            prof = base / "profile"
+            await end_to_end(base / "profiled", args.items, args.outstanding, args.batch_size, args.concurrency,
+                             VARIANTS["default"], prof)  # fmt: skip
+            for name in STAGES:
+                f = prof / f"{name}.txt"
+                if f.exists():
+                    profile[name] = summarize_profile(f)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return {"repeats": reps, "profile": profile, "summary": summarize(reps, variants)}
@@ -327,7 +341,7 @@ def report(res: dict, args) -> None:
         print(table(["main thread time", *res["profile"]],
                     [[c, *(f"{p.get(c, 0):.0%}" for p in res["profile"].values())] for c in cats],
                     "Profile (py-spy, end-to-end run, share of samples)"))  # fmt: skip
-    print(f"\nend to end / raw hop rate: {res['summary']['hop_ratio']:.2f} (default filter settings)")
+    print(f"\nend to end / raw hop rate: {res['summary']['hop_ratio']:.1%} (default filter settings)")
 
 
 def main() -> None:

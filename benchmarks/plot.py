@@ -56,27 +56,49 @@ def panel_scaling(ax, doc: dict) -> None:
     ax.legend(fontsize=7)
 
 
-def panel_ratio(ax, doc: dict, title: str, key_pairs: list[tuple[str, str]], target: float) -> None:
-    """Bars of the headline ratios a benchmark reports (``results.summary`` keys)."""
-    s = doc["results"].get("summary", {})
-    labels = [label for label, key in key_pairs if isinstance(s.get(key), (int, float))]
-    values = [s[key] for label, key in key_pairs if isinstance(s.get(key), (int, float))]
-    ax.bar(labels, values, color="#55a868")
+def _get(doc: dict, path: str):
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def panel_ratio(ax, doc: dict, title: str, paths: list[tuple[str, str]], target: float) -> None:
+    """Bars of the headline ratios a benchmark reports (dotted paths into its JSON)."""
+    pairs = [(label, _get(doc, path)) for label, path in paths]
+    pairs = [(label, v) for label, v in pairs if isinstance(v, (int, float))]
+    ax.bar([p[0] for p in pairs], [p[1] for p in pairs], color="#55a868")
     ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target {target:g}")
-    for i, v in enumerate(values):
+    for i, (_, v) in enumerate(pairs):
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def panel_memory(ax, doc: dict) -> None:
-    s = doc["results"].get("summary", {})
-    rows = s.get("peak_rss_mib", {})
-    if not rows:
+    """Peak RSS per process: the embedded run, and each service as its own process (real engine,
+    and zero-cost engine)."""
+    res = doc["results"]
+    res = res.get("summary", res)
+    labels, values, colors = [], [], []
+    emb = _get(res, "embedded.embedded.peak_sum_rss_mib")
+    if emb:
+        labels.append("embedded run (all)")
+        values.append(emb)
+        colors.append("#8172b2")
+    for group, color, suffix in (("processes", "#4c72b0", "vLLM"), ("fake", "#999999", "zero-cost")):
+        for name, v in (res.get(group) or {}).items():
+            if isinstance(v, dict) and "peak_sum_rss_mib" in v:
+                labels.append(f"{name} ({suffix})")
+                values.append(v["peak_sum_rss_mib"])
+                colors.append(color)
+    if not values:
         ax.set_axis_off()
         return
-    ax.barh(list(rows)[::-1], list(rows.values())[::-1], color="#8172b2")
-    ax.set_xlabel("peak RSS (MiB)")
+    ax.barh(labels[::-1], values[::-1], color=colors[::-1])
+    ax.set_xlabel("peak RSS incl. engine processes (MiB)")
     ax.set_title("Memory")
 
 
@@ -103,12 +125,15 @@ def main() -> None:
         panel_scaling(axes[i], docs["scaling"])
         i += 1
     if "efficiency" in docs:
-        panel_ratio(axes[i], docs["efficiency"], "Pipeline / direct engine (tok/s)",
-                    [("busy window", "ratio_busy"), ("run wall", "ratio_wall")], 0.9)  # fmt: skip
+        panel_ratio(axes[i], docs["efficiency"], "Pipeline / direct engine (generated tok/s)",
+                    [("engine busy window", "results.ratio_busy_median"),
+                     ("run wall time", "results.ratio_run_median")], 0.9)  # fmt: skip
         i += 1
     if "peer" in docs:
         panel_ratio(axes[i], docs["peer"], "Ours / distilabel (accepted pairs/s)",
-                    [("steady state", "ratio_steady"), ("total", "ratio_total")], 1.0)  # fmt: skip
+                    [("run", "results.ratio_median.accepted_per_s"),
+                     ("incl. load", "results.ratio_median.accepted_per_s_total"),
+                     ("tokens/s", "results.ratio_median.tokens_per_s")], 1.0)  # fmt: skip
         i += 1
     if "memory" in docs:
         panel_memory(axes[i], docs["memory"])
