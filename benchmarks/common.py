@@ -115,13 +115,9 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_mib(pid: int | None = None) -> float:
     """VmHWM (peak resident set) of a process in MiB; this process by default."""
-    try:
-        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    from libs.chaos import proc_memory_kb
+
+    return proc_memory_kb(pid or os.getpid())[1] / 1024
 
 
 def base_parser(name: str, doc: str | None) -> argparse.ArgumentParser:

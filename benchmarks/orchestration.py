@@ -180,6 +180,21 @@ async def per_stage(workdir: Path, items: int, batch: int, concurrency: int, ext
 
 
 # ------------------------------------------------------------------------------ end to end
+async def timed_run(pipe, items: int, outstanding: int, on_start=None) -> tuple[dict, float, dict[str, float]]:
+    """One run of ``items`` admitted tasks on a started ProcessPipeline: (final run state,
+    seconds, CPU seconds per process incl. nats-server). ``on_start(pids)`` runs once admitted."""
+    pids = {n: p.pid for n, p in pipe.procs.items()} | {"nats-server": pipe.nats.pid}
+    cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
+    t0 = time.perf_counter()
+    # target = items: the run ends when every admitted task ended or the target is reached.
+    run_id = await pipe.start_run(items, max_outstanding=outstanding, max_tasks=items)
+    if on_start is not None:
+        on_start(pids)
+    st = await pipe.wait_run(run_id, 900)
+    dt = time.perf_counter() - t0
+    return st, dt, {n: cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+
+
 async def end_to_end(
     workdir: Path, items: int, outstanding: int, batch: int, concurrency: int, extra: dict[str, str],
     profile_dir: Path | None = None,
@@ -188,15 +203,9 @@ async def end_to_end(
 
     async with ProcessPipeline(workdir, batch_size=batch, concurrency=concurrency, ack_wait=120,
                                env=pipeline_env(batch, concurrency, extra), env_per_service=SINK) as pipe:  # fmt: skip
-        pids = {n: p.pid for n, p in pipe.procs.items()} | {"nats-server": pipe.nats.pid}
-        cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
-        t0 = time.perf_counter()
-        # target = items: the run ends when every admitted task ended or the target is reached.
-        run_id = await pipe.start_run(items, max_outstanding=outstanding, max_tasks=items)
-        spies = start_profilers(pids, profile_dir) if profile_dir else {}
-        st = await pipe.wait_run(run_id, 900)
-        dt = time.perf_counter() - t0
-        cpu = {n: cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+        spies: dict[str, subprocess.Popen] = {}
+        st, dt, cpu = await timed_run(pipe, items, outstanding,
+                                      lambda pids: spies.update(start_profilers(pids, profile_dir) if profile_dir else {}))  # fmt: skip
         for s in spies.values():
             s.send_signal(signal.SIGINT)
         for s in spies.values():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Self
 
 from benchmarks.common import cpu_seconds
+from libs.chaos import proc_memory_kb
 
 
 def _parents() -> dict[int, int]:
@@ -73,20 +74,6 @@ def process_name(pid: int) -> str:
                 i = parts.index(flag)
                 return f"python {flag} " + " ".join(parts[i + 1 : i + 4])[:60]
     return comm or cmd[:60]
-
-
-def _status_kb(pid: int) -> tuple[int, int]:
-    rss = hwm = 0
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, hwm
 
 
 def _pss_kb(pid: int) -> int:
@@ -151,7 +138,7 @@ class TreeSampler:
         for group, root in list(roots.items()):
             rss_sum = pss_sum = 0
             for pid in descendants(root, children):
-                rss, hwm = _status_kb(pid)
+                rss, hwm = proc_memory_kb(pid)
                 if not hwm:
                     continue
                 peak = self.procs.get(pid)

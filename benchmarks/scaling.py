@@ -24,20 +24,18 @@ import asyncio
 import os
 import shutil
 import tempfile
-import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
     base_parser,
-    cpu_seconds,
     median,
     spread,
     table,
     write_result,
 )
-from benchmarks.orchestration import SINK
+from benchmarks.orchestration import SINK, timed_run
 
 NAME = "scaling"
 
@@ -54,13 +52,7 @@ async def one_run(workdir: Path, replicas: int, engine: str, args) -> dict[str, 
     async with ProcessPipeline(workdir, batch_size=args.batch_size, concurrency=args.concurrency, ack_wait=120,
                                env=env, replicas={"solver": replicas},
                                env_per_service={"solver": solver_env, **SINK}) as pipe:  # fmt: skip
-        pids = {n: p.pid for n, p in pipe.procs.items()} | {"nats-server": pipe.nats.pid}
-        cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
-        t0 = time.perf_counter()
-        run_id = await pipe.start_run(args.items, max_outstanding=args.outstanding, max_tasks=args.items)
-        st = await pipe.wait_run(run_id, 900)
-        dt = time.perf_counter() - t0
-        cpu = {n: cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+        st, dt, cpu = await timed_run(pipe, args.items, args.outstanding)
     cores = os.cpu_count() or 1
     solver_cpu = sum(v for n, v in cpu.items() if n.startswith("solver"))
     finished = int(st.get("finished", 0))
