@@ -157,7 +157,11 @@ async def per_stage(workdir: Path, items: int, batch: int, concurrency: int, ext
             os.kill(pipe.procs[name].pid, signal.SIGSTOP)
         try:
             run_id = await pipe.start_run(items, max_outstanding=items, max_tasks=items)
-            await wait_backlog(pipe.js, subjects.GENERATE, items, 120)
+            t0 = time.monotonic()
+            while int((await pipe.state(run_id)).get("admitted", 0)) < items:  # every task stored
+                if time.monotonic() - t0 > 120:
+                    raise TimeoutError(f"{items} tasks not admitted in 120s")
+                await asyncio.sleep(0.05)
             os.kill(pipe.procs["coordinator"].pid, signal.SIGSTOP)
             for name in STAGES:
                 q = getattr(subjects, STAGE_QUEUE[name])
@@ -168,15 +172,36 @@ async def per_stage(workdir: Path, items: int, batch: int, concurrency: int, ext
                 await wait_backlog(pipe.js, q, 0, 600, cmp=lambda have, want: have <= want)
                 dt = time.perf_counter() - t0
                 cpu = cpu_seconds(pipe.procs[name].pid) - cpu0
-                out[name] = {"items": n, "seconds": dt, "items_per_s": n / dt if dt else 0.0,
-                             "cpu_ms_per_item": 1000 * cpu / n if n else 0.0}  # fmt: skip
+                out[name] = {"messages": n, "seconds": dt, "cpu_seconds": cpu}
             st = await pipe.wait_run(run_id, 120)
             out["_run"] = {"accepted": st.get("accepted"), "finished": st.get("finished")}
+            # A message may be an envelope of many items: count items by what each stage processed.
+            done = await processed_items(pipe, run_id, items)
+            done["coordinator"] = int(st.get("finished", 0))
+            for name in STAGES:
+                d, n = out[name], done.get(name, 0)
+                d |= {"items": n, "items_per_s": n / d["seconds"] if d["seconds"] else 0.0,
+                      "cpu_ms_per_item": 1000 * d.pop("cpu_seconds") / n if n else 0.0}  # fmt: skip
         finally:
             for p in pipe.procs.values():
                 if p.alive:
                     os.kill(p.pid, signal.SIGCONT)
     return out
+
+
+async def processed_items(pipe, run_id: str, tasks: int, timeout: float = 10.0) -> dict[str, int]:
+    """Items each stage processed in a run (the stages' counters, flushed to KV every second)."""
+    from libs.queue.kv import kv_get_json, kv_keys
+
+    t0, done = time.monotonic(), {}
+    while time.monotonic() - t0 < timeout:
+        done = collections.Counter()
+        for key in await kv_keys(pipe.kv, f"run.{run_id}.stage."):
+            done[key.split(".")[3]] += int((await kv_get_json(pipe.kv, key) or {}).get("processed", 0))
+        if done.get("questiongen", 0) >= tasks:
+            break
+        await asyncio.sleep(0.3)
+    return dict(done)
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -17,7 +17,7 @@ from typing import Any
 from libs.grpc.server import GrpcServer
 from libs.items import dead_letter_rejection
 from libs.queue.subjects import WorkQueue
-from libs.queue.worker import StageWorker
+from libs.queue.worker import StageWorker, envelope_bytes
 from libs.runstate import RunStates, StageCounters
 from libs.runtime import ServiceRuntime
 from libs.storage.objectstore import ObjectStore
@@ -97,6 +97,8 @@ class StageService:
             fetch_linger=s.fetch_linger_seconds,
             on_dead_letter=spec.on_dead_letter or dead_letter_rejection(self.name),
             max_message_bytes=s.queue_max_message_bytes,
+            envelope_max_items=s.envelope_max_items,
+            envelope_max_bytes=envelope_bytes(s.queue_max_message_bytes),
         )
         await self.worker.start()
         self.runtime.register_worker(self.worker)

@@ -56,11 +56,12 @@ class CommonSettings(BaseSettings):
     store_url: str = Field("./scalequest-data", description="Object store: a directory or s3://bucket/prefix.")
     # --- queue worker --------------------------------------------------------------
     worker_enabled: bool = Field(True, description="Consume this stage's work queue (off = gRPC only).")
-    batch_size: int = Field(16, ge=1, le=1024, description="Messages fetched per batch.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Items per batch (messages are fetched so that a batch holds about this many; an envelope carries several).")
     worker_concurrency: int = Field(2, ge=1, le=256, description="Concurrent fetch loops.")
     fetch_linger_seconds: float = Field(0.02, ge=0, le=10, description="How long a fetched batch that is not full waits for more messages (fewer, fuller batches vs latency).")
     ack_wait_seconds: float = Field(60.0, gt=0, description="JetStream ack wait.")
     max_deliver: int = Field(5, ge=1, le=100, description="Deliveries before a message is dead-lettered.")
+    envelope_max_items: int = Field(64, ge=1, le=4096, description="Outputs of one batch packed into one queue message per subject (1 = one message per item); an envelope costs NATS one publish and one ack whatever it carries.")
     queue_max_message_bytes: int = Field(1024 * 1024, ge=1024, description="Work messages larger than this are dead-lettered as 'oversized'.")
     # --- engine ------------------------------------------------------------------
     engine: Literal["vllm", "openai", "fake"] = Field("vllm", description="Inference engine kind.")

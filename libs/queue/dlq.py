@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext, api
 from scalequest.common.v1 import items_pb2 as pb
 
-from libs.queue import subjects
+from libs.queue import envelope, subjects
 
 #: The message type carried on each work subject (to show and audit dead letters by item).
 PAYLOAD_TYPES = {
@@ -40,6 +40,7 @@ class DeadLetter:
     time: float = 0.0
     run_id: str = ""
     item_id: str = ""
+    envelope: bool = False  # a whole envelope (oversized or unreadable); items are dead-lettered alone
 
     def as_dict(self) -> dict:
         return {
@@ -110,6 +111,7 @@ async def list_dead_letters(
             time=m.metadata.timestamp.timestamp() if m.metadata.timestamp else 0.0,
             run_id=rid,
             item_id=iid,
+            envelope=envelope.H_ENVELOPE in h,
         )
         if run_id and dl.run_id != run_id:
             continue
@@ -126,7 +128,10 @@ async def replay(js: JetStreamContext, letters: Iterable[DeadLetter], *, keep: b
     for dl in letters:
         if dl.subject not in PAYLOAD_TYPES:
             continue
-        await js.publish(dl.subject, dl.data, headers={"Nats-Msg-Id": f"replay.{dl.seq}"})
+        headers = {"Nats-Msg-Id": f"replay.{dl.seq}"}
+        if dl.envelope:
+            headers[envelope.H_ENVELOPE] = "1"
+        await js.publish(dl.subject, dl.data, headers=headers)
         if not keep:
             await js.delete_msg(subjects.DLQ_STREAM, dl.seq)
         done.append(dl.seq)

@@ -1,6 +1,8 @@
 """The stage worker: pull batches from a work queue, run a batch handler, publish, then ack.
 
-One ``StageWorker`` per stage process. Per fetched batch:
+One ``StageWorker`` per stage process. A message is one item, or an envelope of several
+(``libs/queue/envelope.py``, header ``Sq-Envelope``) whose items are worked on one by one and
+which is settled when all of them are. Per fetched batch (about ``batch_size`` items):
 
 * each message is decoded; a message that does not decode is dead-lettered (``malformed``, or
   the reason of a ``PoisonMessage`` the decoder raised) and terminated; one delivered more than ``max_deliver`` times (its worker died on the last try) is
@@ -12,7 +14,13 @@ One ``StageWorker`` per stage process. Per fetched batch:
   a ``TransientError`` or any other exception -> ``nak(delay)``, or dead letter on the
   ``max_deliver``-th delivery. A handler that raises counts as that exception for every item;
 * while the handler runs, ``in_progress()`` is sent every ``ack_wait / 3`` so slow model calls
-  are not redelivered to another replica.
+  are not redelivered to another replica;
+* with ``envelope_max_items > 1`` the outputs of the batch are packed per subject into envelopes;
+* an envelope is acked when all its items are stored or dead-lettered (each item on its own in
+  the DLQ). Items that failed go on in a *retry envelope* (their deliveries so far and a
+  not-before time for the back-off) and the envelope is acked; when all of them failed it is
+  nak'ed instead, and when a dead letter or the retry envelope could not be stored all of it is
+  nak'ed (its stored outputs are deduplicated when they come again).
 
 Outputs are only ever acked after they are stored, and are deduplicated by message id, so a
 crash anywhere means redelivery and never loss or duplication downstream (within the stream's
@@ -34,7 +42,7 @@ from nats.js.api import Header
 from nats.js.errors import NotFoundError
 
 from libs.errors import InvalidArgument, NotReady, PoisonMessage, TransientError
-from libs.queue import subjects
+from libs.queue import envelope, subjects
 from libs.queue.fetch import DEFAULT_LINGER, fetch_ready
 from libs.queue.subjects import WorkQueue
 
@@ -45,11 +53,17 @@ T = TypeVar("T")
 MSG_ID = Header.MSG_ID.value  # "Nats-Msg-Id"
 DETAIL_LIMIT = 1024
 DEFAULT_NAK_DELAY = 2.0
+DEFAULT_ENVELOPE_BYTES = 512 * 1024  # under NATS' default max_payload (1 MiB), with room to spare
 
 REASON_MALFORMED = "malformed"
 REASON_MAX_DELIVER = "max_deliver_exceeded"
 REASON_INVALID = "invalid_argument"
 REASON_OVERSIZED = "oversized"
+
+
+def envelope_bytes(max_message_bytes: int) -> int:
+    """Envelope size that the next stage accepts under the same ``queue_max_message_bytes``."""
+    return max(1024, min(DEFAULT_ENVELOPE_BYTES, max_message_bytes - 4096))
 
 
 @dataclass
@@ -65,22 +79,49 @@ class Publish:
 @dataclass
 class WorkerStats:
     fetched: int = 0  # messages received from the consumer
-    acked: int = 0  # inputs acked after their outputs were stored
-    naked: int = 0  # inputs handed back for redelivery
-    dead_lettered: int = 0  # inputs sent to the DLQ and terminated
+    acked: int = 0  # items acked after their outputs were stored
+    naked: int = 0  # items handed back for redelivery (or put in a retry envelope)
+    dead_lettered: int = 0  # items sent to the DLQ
     published: int = 0  # outputs newly stored
     duplicates: int = 0  # outputs the stream already had (same Nats-Msg-Id): a retry
     batches: int = 0  # handler calls
+    items: int = 0  # work items handed to the handler (an envelope carries several)
+    envelopes: int = 0  # envelopes published
+
+
+@dataclass
+class _Held:
+    """One fetched message: a single item (``env`` None) or an envelope of ``total`` items."""
+
+    msg: Msg
+    deliveries: int
+    seq: int
+    env: Any  # scalequest.common.v1.Envelope | None
+    total: int = 1
+    dead: int = 0  # items dead-lettered
+    done: list = field(default_factory=list)  # (work, outputs) whose outputs are stored
+    retry: list = field(default_factory=list)  # works to run again
+    retry_delay: float = 0.0
+    retry_why: str = ""
+    failed: str | None = None  # set when something could not be stored: nak the whole envelope
+    finished: bool = False
 
 
 @dataclass
 class _Work(Generic[T]):
-    msg: Msg
+    held: _Held
     item: T
     deliveries: int
     seq: int
     item_id: str
+    index: int = -1  # position in its envelope; -1 for a message of its own
+    raw: bytes = b""
     settled: bool = field(default=False)
+
+
+_UNSET = object()
+# A retry envelope that arrives this close to its not_before is processed rather than nak'ed.
+NOT_BEFORE_SLACK = 0.05
 
 
 # Domain errors the worker maps to nak / dead letter without logging a traceback.
@@ -134,9 +175,13 @@ class StageWorker(Generic[T]):
         on_dead_letter: Callable[[T, str, str], Awaitable[list[Publish]]] | None = None,
         max_message_bytes: int = 0,
         fetch_linger: float = DEFAULT_LINGER,
+        envelope_max_items: int = 1,
+        envelope_max_bytes: int = DEFAULT_ENVELOPE_BYTES,
     ) -> None:
         if batch_size < 1 or concurrency < 1 or max_deliver < 1:
             raise ValueError("batch_size, concurrency and max_deliver must be >= 1")
+        if envelope_max_items < 1 or envelope_max_bytes < 1024:
+            raise ValueError("envelope_max_items must be >= 1 and envelope_max_bytes >= 1024")
         if fetch_timeout <= 0 or ack_wait <= 0 or fetch_linger < 0:
             raise ValueError("fetch_timeout and ack_wait must be > 0, fetch_linger >= 0")
         self._js = js
@@ -154,6 +199,9 @@ class StageWorker(Generic[T]):
         self._on_event = on_event
         self._on_dead_letter = on_dead_letter
         self.max_message_bytes = max_message_bytes  # 0 = no limit beyond the server's max_payload
+        self.envelope_max_items = envelope_max_items
+        self.envelope_max_bytes = envelope_max_bytes
+        self._items_per_msg = 1.0  # moving average over fetched messages (envelopes carry several)
         self.dlq_subject = subjects.dlq_subject(stage)
         self.publish_timeout = 10.0
         self.publish_retry_delay = DEFAULT_NAK_DELAY  # nak delay when outputs could not be stored
@@ -270,7 +318,7 @@ class StageWorker(Generic[T]):
         errors_in_row = 0
         while not self._stopping.is_set():
             try:
-                msgs = await fetch_ready(sub, self.batch_size, self.fetch_timeout, self.fetch_linger)
+                msgs = await fetch_ready(sub, self._fetch_size(), self.fetch_timeout, self.fetch_linger)
             except asyncio.TimeoutError:  # nats.errors.TimeoutError included: nothing to do
                 errors_in_row = 0
                 continue
@@ -305,9 +353,14 @@ class StageWorker(Generic[T]):
             pass
 
     # ------------------------------------------------------------------ one batch
+    def _fetch_size(self) -> int:
+        """Messages to ask for so that a batch holds about ``batch_size`` items (envelopes carry many)."""
+        return max(1, min(self.batch_size, round(self.batch_size / max(1.0, self._items_per_msg))))
+
     async def _process_batch(self, msgs: list[Msg]) -> None:
         started = time.monotonic()
         works: list[_Work[T]] = []
+        held: list[_Held] = []
         for msg in msgs:
             self._stats.fetched += 1
             try:
@@ -321,71 +374,167 @@ class StageWorker(Generic[T]):
                 await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_OVERSIZED,
                                         f"{len(msg.data)} bytes > limit {self.max_message_bytes}")  # fmt: skip
                 continue
-            try:
-                item = self._decode(msg.data)
-            except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
-                where = self._id_of(e.item, seq) if e.item is not None else f"seq={seq}"
-                await self._dead_letter(msg, deliveries, seq, where, e.reason, e.detail, item=e.item)
+            if not envelope.is_envelope(msg.headers):
+                h = _Held(msg, deliveries, seq, None, total=1)
+                w = await self._unpack(h, msg.data, -1, deliveries)
+                if w is not None:
+                    works.append(w)
                 continue
-            except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
-                await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_MALFORMED, _describe(e))
-                continue
-            if deliveries > self.max_deliver:
-                await self._dead_letter(
-                    msg, deliveries, seq, self._id_of(item, seq), REASON_MAX_DELIVER,
-                    f"delivered {deliveries} times (max_deliver={self.max_deliver}); earlier deliveries were "
-                    "not completed (worker crash, timeout or outputs not stored)", item=item,
-                )  # fmt: skip
-                continue
-            works.append(_Work(msg, item, deliveries, seq, self._id_of(item, seq)))
-        if not works:
-            return
-
-        heartbeat = asyncio.create_task(self._heartbeat(works))
-        try:
-            results: list[Any]
-            batch_error: BaseException | None = None
             try:
-                results = await self._handler([w.item for w in works])
-                if not isinstance(results, (list, tuple)) or len(results) != len(works):
-                    n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-                    raise TypeError(f"handler returned {n} results for {len(works)} items")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if not isinstance(e, _EXPECTED):
-                    log.error("worker %s: handler failed on a batch of %d: %s", self.stage, len(works),
-                              _describe(e), exc_info=e, extra=self._log_extra)  # fmt: skip
-                results, batch_error = [e] * len(works), e
-            self._stats.batches += 1
-            await asyncio.gather(*(self._settle(w, r, batch_error) for w, r in zip(works, results)))
-        finally:
-            heartbeat.cancel()
+                env = envelope.decode(msg.data)
+            except ValueError as e:
+                await self._dead_letter(msg, deliveries, seq, f"seq={seq}", REASON_MALFORMED, str(e))
+                continue
+            wait = env.not_before - time.time()
+            if wait > NOT_BEFORE_SLACK:  # a retry envelope whose back-off has not passed yet
+                try:
+                    await msg.nak(delay=wait)
+                except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
+                    log.debug("worker %s: nak of an early retry envelope failed: %s", self.stage, _describe(e))
+                continue
+            h = _Held(msg, deliveries, seq, env, total=len(env.items))
+            held.append(h)
+            # A retry envelope's first delivery usually comes before its back-off ends and is
+            # nak'ed above without an attempt: that delivery is not one of the items'.
+            item_deliveries = env.prior_deliveries + deliveries - (1 if env.not_before else 0)
+            for i, raw in enumerate(env.items):
+                w = await self._unpack(h, raw, i, max(1, item_deliveries))
+                if w is not None:
+                    works.append(w)
+        self._stats.items += len(works)
+        if msgs:
+            items = len(works) + sum(h.dead for h in held)
+            self._items_per_msg += 0.2 * (max(1, items) / len(msgs) - self._items_per_msg)
+        if works:
+            heartbeat = asyncio.create_task(self._heartbeat(works))
             try:
-                await heartbeat
-            except asyncio.CancelledError:
-                pass
+                results: list[Any]
+                batch_error: BaseException | None = None
+                try:
+                    results = await self._handler([w.item for w in works])
+                    if not isinstance(results, (list, tuple)) or len(results) != len(works):
+                        n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+                        raise TypeError(f"handler returned {n} results for {len(works)} items")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    if not isinstance(e, _EXPECTED):
+                        log.error("worker %s: handler failed on a batch of %d: %s", self.stage, len(works),
+                                  _describe(e), exc_info=e, extra=self._log_extra)  # fmt: skip
+                    results, batch_error = [e] * len(works), e
+                self._stats.batches += 1
+                stored = await self._store_outputs(works, results)
+                await asyncio.gather(*(self._settle(w, r, batch_error, stored.get(k, _UNSET))
+                                       for k, (w, r) in enumerate(zip(works, results))))  # fmt: skip
+            finally:
+                heartbeat.cancel()
+                try:
+                    await heartbeat
+                except asyncio.CancelledError:
+                    pass
+        for h in held:
+            await self._finish_envelope(h)
         self._emit("batch", size=len(msgs), handled=len(works), seconds=round(time.monotonic() - started, 4))
+
+    async def _unpack(self, h: _Held, raw: bytes, index: int, deliveries: int) -> _Work[T] | None:
+        """Decode one item (of a message or an envelope); dead-letter what cannot be worked on."""
+        seq = h.seq
+        where = f"seq={seq}" if index < 0 else f"seq={seq}#{index}"
+        stub = _Work(h, None, deliveries, seq, where, index, raw)
+        try:
+            item = self._decode(raw)
+        except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
+            if e.item is not None:
+                stub.item_id = self._id_of(e.item, where)
+            await self._dead(stub, e.reason, e.detail, item=e.item)
+            return None
+        except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
+            await self._dead(stub, REASON_MALFORMED, _describe(e))
+            return None
+        w = _Work(h, item, deliveries, seq, self._id_of(item, where), index, raw)
+        if deliveries > self.max_deliver:
+            await self._dead(
+                w, REASON_MAX_DELIVER,
+                f"delivered {deliveries} times (max_deliver={self.max_deliver}); earlier deliveries were "
+                "not completed (worker crash, timeout or outputs not stored)", item=item,
+            )  # fmt: skip
+            return None
+        return w
 
     async def _heartbeat(self, works: list[_Work[T]]) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_every)
+            beaten: set[int] = set()
             for w in works:
-                if w.settled:
+                h = w.held
+                if w.settled or h.finished or id(h) in beaten:
                     continue
+                beaten.add(id(h))
                 try:
-                    await w.msg.in_progress()
+                    await h.msg.in_progress()
                 except Exception as e:  # noqa: BLE001 -- connection trouble: the next beat may get through
                     log.debug("worker %s: in_progress failed: %s", self.stage, _describe(e), extra=self._log_extra)
 
-    async def _settle(self, w: _Work[T], result: Any, batch_error: BaseException | None = None) -> None:
+    async def _store_outputs(self, works: list[_Work[T]], results: list[Any]) -> dict[int, BaseException | None]:
+        """Publish every output of the batch; per work index, None (all stored) or the first error.
+
+        With ``envelope_max_items > 1`` the outputs without headers are packed per subject into
+        envelopes (``libs/queue/envelope.py``); the others are published one by one."""
+        single: list[tuple[int, Publish]] = []
+        groups: dict[str, list[tuple[int, Publish]]] = {}
+        stored: dict[int, BaseException | None] = {}
+        for k, r in enumerate(results):
+            if not (isinstance(r, (list, tuple)) and all(isinstance(p, Publish) for p in r)):
+                continue
+            stored[k] = None
+            for p in r:
+                if self.envelope_max_items > 1 and not p.headers:
+                    groups.setdefault(p.subject, []).append((k, p))
+                else:
+                    single.append((k, p))
+        jobs: list[tuple[list[int], Awaitable[Any]]] = [([k], self._publish(p)) for k, p in single]
+        for subject, outs in groups.items():
+            if len(outs) == 1:
+                jobs.append(([outs[0][0]], self._publish(outs[0][1])))
+                continue
+            packs = envelope.pack([p.payload for _, p in outs], [p.msg_id for _, p in outs],
+                                  max_items=self.envelope_max_items, max_bytes=self.envelope_max_bytes)  # fmt: skip
+            for pk in packs:
+                jobs.append(([outs[i][0] for i in pk.members], self._publish_envelope(subject, pk)))
+        results_ = await asyncio.gather(*(j for _, j in jobs), return_exceptions=True)
+        for (members, _), r in zip(jobs, results_):
+            if isinstance(r, BaseException):
+                for k in members:
+                    if stored.get(k) is None:
+                        stored[k] = r
+            elif r:
+                self._stats.duplicates += len(members)
+            else:
+                self._stats.published += len(members)
+        return stored
+
+    async def _publish_envelope(self, subject: str, pk: envelope.Packed) -> bool:
+        ack = await self._js.publish(subject, pk.payload, timeout=self.publish_timeout, headers=pk.headers)
+        self._stats.envelopes += 1
+        return bool(getattr(ack, "duplicate", False))
+
+    async def _settle(self, w: _Work[T], result: Any, batch_error: BaseException | None, stored: Any) -> None:
         try:
             if isinstance(result, (list, tuple)) and all(isinstance(p, Publish) for p in result):
-                await self._complete(w, list(result))
+                if stored is None:
+                    await self._done(w, len(result))
+                else:
+                    log.warning("worker %s: output(s) of %s not stored (%s); nak", self.stage, w.item_id,
+                                _describe(stored), extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
+                    if w.held.env is None:
+                        await self._nak(w, self.publish_retry_delay, f"publish failed: {_describe(stored)}")
+                    else:  # retried on its own; the envelope's other items are done
+                        await self._fail(w, TransientError(f"publish failed: {_describe(stored)}",
+                                                           self.publish_retry_delay))  # fmt: skip
             elif isinstance(result, PoisonMessage):
-                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, result.reason, result.detail, item=w.item)
+                await self._dead(w, result.reason, result.detail, item=w.item)
             elif isinstance(result, InvalidArgument):
-                await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_INVALID, str(result), item=w.item)
+                await self._dead(w, REASON_INVALID, str(result), item=w.item)
             elif isinstance(result, BaseException):
                 if result is not batch_error and not isinstance(result, _EXPECTED):  # unknown: log the traceback
                     log.error("worker %s: handler failed on item %s: %s", self.stage, w.item_id, _describe(result),
@@ -399,51 +548,114 @@ class StageWorker(Generic[T]):
 
     async def _fail(self, w: _Work[T], err: BaseException) -> None:
         if w.deliveries >= self.max_deliver:
-            await self._dead_letter(w.msg, w.deliveries, w.seq, w.item_id, REASON_MAX_DELIVER,
-                                    f"delivery {w.deliveries} of {self.max_deliver} failed: {_describe(err)}",
-                                    item=w.item)  # fmt: skip
+            await self._dead(w, REASON_MAX_DELIVER,
+                             f"delivery {w.deliveries} of {self.max_deliver} failed: {_describe(err)}", item=w.item)
             return
         delay = err.delay if isinstance(err, TransientError) else self.retry_delay
         log.warning("worker %s: item %s failed on delivery %d/%d, retry in %.1fs: %s", self.stage, w.item_id,
                     w.deliveries, self.max_deliver, delay, _describe(err),
                     extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
-        await self._nak(w, delay, _describe(err))
+        if w.held.env is None:
+            await self._nak(w, delay, _describe(err))
+        else:  # retried with the envelope's other failures (_finish_envelope)
+            w.held.retry.append(w)
+            w.held.retry_delay = max(w.held.retry_delay, delay)
+            w.held.retry_why = _describe(err)
 
     async def _nak(self, w: _Work[T], delay: float, why: str) -> None:
         try:
-            await w.msg.nak(delay=delay)
+            await w.held.msg.nak(delay=delay)
             self._stats.naked += 1
             self._emit("nak", item_id=w.item_id, deliveries=w.deliveries, delay=delay, error=why)
         except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
             log.warning("worker %s: nak of %s failed: %s", self.stage, w.item_id, _describe(e), extra=self._log_extra)
 
-    async def _complete(self, w: _Work[T], outputs: list[Publish]) -> None:
-        results = await asyncio.gather(*(self._publish(p) for p in outputs), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        for r in results:
-            if isinstance(r, BaseException):
-                continue
-            if r:
-                self._stats.duplicates += 1
-            else:
-                self._stats.published += 1
-        if failed:
-            log.warning("worker %s: %d of %d output(s) of %s not stored (%s); nak", self.stage, len(failed),
-                        len(outputs), w.item_id, _describe(failed[0]),
-                        extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
-            await self._nak(w, self.publish_retry_delay, f"publish failed: {_describe(failed[0])}")
+    async def _done(self, w: _Work[T], outputs: int) -> None:
+        """The item's outputs are stored: ack its message (an envelope's item waits for the others)."""
+        if w.held.env is not None:
+            w.held.done.append((w, outputs))
             return
         try:
             # A plain ack, not ack_sync: waiting for the server's confirmation halved the rate a
             # stage can consume at (docs/benchmarks.md) and bought nothing, because an ack that is
             # lost only means a redelivery whose outputs are deduplicated by their msg ids.
-            await w.msg.ack()
+            await w.held.msg.ack()
         except Exception as e:  # noqa: BLE001 -- see above
             log.warning("worker %s: ack of %s not sent: %s", self.stage, w.item_id, _describe(e),
                         extra={**self._log_extra, "item_id": w.item_id})  # fmt: skip
             return
         self._stats.acked += 1
-        self._emit("ack", item_id=w.item_id, outputs=len(outputs), deliveries=w.deliveries)
+        self._emit("ack", item_id=w.item_id, outputs=outputs, deliveries=w.deliveries)
+
+    async def _finish_envelope(self, h: _Held) -> None:
+        """Settle an envelope once all its items are: ack it, after its failed items were put in
+        a retry envelope; nak all of it when something could not be stored (its items run again,
+        and what they had stored is deduplicated downstream)."""
+        if h.finished:
+            return
+        h.finished = True
+        env = h.env
+        assert env is not None
+        why = h.failed
+        if why is None and h.retry and (h.done or h.dead):
+            retry_ids = [env.item_msg_ids[w.index] if env.item_msg_ids else w.item_id for w in h.retry]
+            payload = envelope.encode([w.raw for w in h.retry], retry_ids, prior_deliveries=h.retry[0].deliveries,
+                                      not_before=time.time() + h.retry_delay)  # fmt: skip
+            headers = {envelope.H_ENVELOPE: str(len(h.retry)), MSG_ID: f"retry.{self.stage}.{h.seq}.{h.deliveries}"}
+            try:
+                await self._js.publish(h.msg.subject, payload, timeout=self.publish_timeout, headers=headers)
+            except Exception as e:  # noqa: BLE001 -- keep everything: nak the envelope
+                why = f"retry envelope not stored: {_describe(e)}"
+            else:
+                self._stats.naked += len(h.retry)
+                for w in h.retry:
+                    self._emit("nak", item_id=w.item_id, deliveries=w.deliveries, delay=h.retry_delay,
+                               error=h.retry_why)  # fmt: skip
+        elif why is None and h.retry:  # every item failed: the envelope itself is retried
+            try:
+                await h.msg.nak(delay=h.retry_delay)
+            except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
+                log.warning("worker %s: nak of envelope seq=%d failed: %s", self.stage, h.seq, _describe(e),
+                            extra=self._log_extra)  # fmt: skip
+                return
+            self._stats.naked += len(h.retry)
+            for w in h.retry:
+                self._emit("nak", item_id=w.item_id, deliveries=w.deliveries, delay=h.retry_delay, error=h.retry_why)
+            return
+        if why is not None:
+            log.warning("worker %s: envelope seq=%d (%d items) nak: %s", self.stage, h.seq, h.total, why,
+                        extra=self._log_extra)  # fmt: skip
+            try:
+                await h.msg.nak(delay=self.publish_retry_delay)
+                self._stats.naked += h.total - h.dead
+            except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
+                log.debug("worker %s: nak of envelope seq=%d failed: %s", self.stage, h.seq, _describe(e))
+            return
+        try:
+            await h.msg.ack()
+        except Exception as e:  # noqa: BLE001 -- a redelivery; its outputs are deduplicated
+            log.warning("worker %s: ack of envelope seq=%d not sent: %s", self.stage, h.seq, _describe(e),
+                        extra=self._log_extra)  # fmt: skip
+            return
+        self._stats.acked += len(h.done)
+        for w, outputs in h.done:
+            self._emit("ack", item_id=w.item_id, outputs=outputs, deliveries=w.deliveries)
+
+    async def _dead(self, w: _Work[T], reason: str, detail: str, item: Any = None) -> None:
+        """Dead-letter one item: a whole message, or one item of an envelope (on its own)."""
+        h = w.held
+        if h.env is None:
+            await self._dead_letter(h.msg, w.deliveries, w.seq, w.item_id, reason, detail, item=item)
+            return
+        ok = await self._store_dead_letter(
+            h.msg, w.raw, f"dlq.{self.stage}.{w.seq}.{w.index}", w.deliveries, w.item_id, reason, detail, item
+        )
+        if not ok:
+            h.failed = f"dead letter of {w.item_id} not stored"
+            return
+        h.dead += 1
+        self._stats.dead_lettered += 1
+        self._emit("dead_letter", item_id=w.item_id, reason=reason, detail=detail, deliveries=w.deliveries)
 
     async def _publish(self, p: Publish) -> bool:
         """Publish one output; True when the stream already had it (duplicate)."""
@@ -451,6 +663,40 @@ class StageWorker(Generic[T]):
         headers[MSG_ID] = p.msg_id
         ack = await self._js.publish(p.subject, p.payload, timeout=self.publish_timeout, headers=headers)
         return bool(getattr(ack, "duplicate", False))
+
+    async def _store_dead_letter(
+        self, msg: Msg, data: bytes, msg_id: str, deliveries: int, item_id: str, reason: str, detail: str,
+        item: Any = None,
+    ) -> bool:
+        """Publish ``data`` to the stage's DLQ subject (the reason in headers), then the
+        ``on_dead_letter`` hook's outputs for a decoded ``item``; False when something was not stored."""
+        headers: dict[str, str] = {}
+        whole = data is msg.data  # the whole message (an envelope keeps its header, for replay)
+        for k, v in (msg.headers or {}).items():
+            if not k.lower().startswith("nats-") and (whole or k != envelope.H_ENVELOPE):
+                headers[k] = v
+        headers.update(
+            {
+                subjects.H_REASON: _header_value(reason, 128) or "unknown",
+                subjects.H_DETAIL: _header_value(detail),
+                subjects.H_STAGE: self.stage,
+                subjects.H_SUBJECT: msg.subject,
+                subjects.H_DELIVERIES: str(deliveries),
+                MSG_ID: msg_id,
+            }
+        )
+        try:
+            await self._js.publish(self.dlq_subject, data, timeout=self.publish_timeout, headers=headers)
+            if item is not None and self._on_dead_letter is not None:
+                for p in await self._on_dead_letter(item, reason, detail):
+                    await self._publish(p)
+        except Exception as e:  # noqa: BLE001 -- keep the message: the caller naks instead of term
+            log.error("worker %s: could not dead-letter %s (%s): %s; nak", self.stage, item_id, reason,
+                      _describe(e), extra={**self._log_extra, "item_id": item_id})  # fmt: skip
+            return False
+        log.warning("worker %s: dead-lettered %s (%s) after %d deliveries: %s", self.stage, item_id, reason,
+                    deliveries, _header_value(detail, 200), extra={**self._log_extra, "item_id": item_id})  # fmt: skip
+        return True
 
     async def _dead_letter(
         self, msg: Msg, deliveries: int, seq: int, item_id: str, reason: str, detail: str, item: Any = None
@@ -462,29 +708,9 @@ class StageWorker(Generic[T]):
         published like a handler's. If the dead letter or those outputs cannot be stored the
         message is nak'ed instead (never dropped; the dead letter's msg id makes the retry a no-op).
         """
-        headers: dict[str, str] = {}
-        for k, v in (msg.headers or {}).items():
-            if not k.lower().startswith("nats-"):
-                headers[k] = v
-        headers.update(
-            {
-                subjects.H_REASON: _header_value(reason, 128) or "unknown",
-                subjects.H_DETAIL: _header_value(detail),
-                subjects.H_STAGE: self.stage,
-                subjects.H_SUBJECT: msg.subject,
-                subjects.H_DELIVERIES: str(deliveries),
-                MSG_ID: f"dlq.{self.stage}.{seq}",
-            }
-        )
         extra = {**self._log_extra, "item_id": item_id}
-        try:
-            await self._js.publish(self.dlq_subject, msg.data, timeout=self.publish_timeout, headers=headers)
-            if item is not None and self._on_dead_letter is not None:
-                for p in await self._on_dead_letter(item, reason, detail):
-                    await self._publish(p)
-        except Exception as e:  # noqa: BLE001 -- keep the message: nak instead of term
-            log.error("worker %s: could not dead-letter %s (%s): %s; nak", self.stage, item_id, reason,
-                      _describe(e), extra=extra)  # fmt: skip
+        if not await self._store_dead_letter(msg, msg.data, f"dlq.{self.stage}.{seq}", deliveries, item_id, reason,
+                                             detail, item):  # fmt: skip
             try:
                 await msg.nak(delay=self.publish_retry_delay)
                 self._stats.naked += 1
@@ -496,19 +722,17 @@ class StageWorker(Generic[T]):
         except Exception as e:  # noqa: BLE001 -- redelivered later, dead-lettered again under the same id
             log.warning("worker %s: term of %s failed: %s", self.stage, item_id, _describe(e), extra=extra)
         self._stats.dead_lettered += 1
-        log.warning("worker %s: dead-lettered %s (%s) after %d deliveries: %s", self.stage, item_id, reason,
-                    deliveries, _header_value(detail, 200), extra=extra)  # fmt: skip
         self._emit("dead_letter", item_id=item_id, reason=reason, detail=detail, deliveries=deliveries)
         return True
 
     # ------------------------------------------------------------------ helpers
-    def _id_of(self, item: T, seq: int) -> str:
+    def _id_of(self, item: T, fallback: str) -> str:
         if self._item_id is None:
-            return f"seq={seq}"
+            return fallback
         try:
             return str(self._item_id(item))
         except Exception:  # noqa: BLE001 -- ids are for logs only
-            return f"seq={seq}"
+            return fallback
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self._on_event is None:

@@ -34,9 +34,9 @@ from scalequest.common.v1 import items_pb2 as pb
 
 from libs.errors import InvalidArgument, NotFound, TransientError
 from libs.items import DEAD_LETTER_PREFIX, SCHEMA, item_ids, task_seed
-from libs.queue import ledger, subjects
+from libs.queue import envelope, ledger, subjects
 from libs.queue.kv import kv_get_json, kv_keys, kv_put_json, kv_update_json
-from libs.queue.worker import Publish
+from libs.queue.worker import Publish, envelope_bytes
 from libs.runstate import CLOSED_STATES, config_key, state_key
 from libs.storage.objectstore import ObjectStore
 from libs.storage.shards import (
@@ -354,7 +354,8 @@ class RunManager:
 
         A failed publish (NATS restarting) is retried under the same msg ids until it is stored,
         so no admitted index is ever skipped and none is generated twice."""
-        pending: dict[str, bytes] = {}
+        ids: list[str] = []
+        payloads: list[bytes] = []
         for index in range(run.admitted, run.admitted + n):
             item_id = f"{run.run_id}-{index:07d}"
             task = pb.GenerateTask(
@@ -365,23 +366,33 @@ class RunManager:
                 seed=task_seed(run.config.seed, index),
                 config=run.config,
             )
-            pending[f"{item_id}.task"] = task.SerializeToString()
+            ids.append(f"{item_id}.task")
+            payloads.append(task.SerializeToString())
+        # Tasks go out in envelopes (libs/queue/envelope.py) whose ids hash the task ids: the
+        # same packing on a retry, so a stored envelope is deduplicated.
+        pending: dict[str, tuple[bytes, dict[str, str]]] = {}
+        if self.settings.envelope_max_items > 1 and n > 1:
+            for pk in envelope.pack(payloads, ids, max_items=self.settings.envelope_max_items,
+                                    max_bytes=envelope_bytes(self.settings.queue_max_message_bytes)):  # fmt: skip
+                pending[pk.msg_id] = (pk.payload, pk.headers)
+        else:
+            pending = {i: (p, {"Nats-Msg-Id": i}) for i, p in zip(ids, payloads)}
         delay = 0.2
         while pending:
-            ids = list(pending)
+            keys = list(pending)
             results = await asyncio.gather(
-                *(self.js.publish(subjects.GENERATE.subject, pending[i], headers={"Nats-Msg-Id": i}) for i in ids),
+                *(self.js.publish(subjects.GENERATE.subject, pending[k][0], headers=pending[k][1]) for k in keys),
                 return_exceptions=True,
             )
             failed = [r for r in results if isinstance(r, BaseException)]
-            for i, r in zip(ids, results):
+            for k, r in zip(keys, results):
                 if not isinstance(r, BaseException):
-                    del pending[i]
+                    del pending[k]
             if pending:
                 if self._closing:
-                    raise RuntimeError(f"coordinator closing with {len(pending)} task(s) not admitted")
-                log.warning("admission: %d of %d task(s) not stored (%s); retrying in %.1fs", len(pending), n,
-                            failed[0], delay, extra={"run_id": run.run_id})  # fmt: skip
+                    raise RuntimeError(f"coordinator closing with {len(pending)} task message(s) not admitted")
+                log.warning("admission: %d task message(s) of %d task(s) not stored (%s); retrying in %.1fs",
+                            len(pending), n, failed[0], delay, extra={"run_id": run.run_id})  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         run.admitted += n

@@ -259,6 +259,20 @@ class Outcome(_message.Message):
     pair: PreferencePair
     def __init__(self, record: _Optional[_Union[FinalRecord, _Mapping]] = ..., rejection: _Optional[_Union[Rejection, _Mapping]] = ..., pair: _Optional[_Union[PreferencePair, _Mapping]] = ...) -> None: ...
 
+class Envelope(_message.Message):
+    __slots__ = ("schema_version", "items", "item_msg_ids", "prior_deliveries", "not_before")
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_MSG_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    schema_version: SchemaVersion
+    items: _containers.RepeatedScalarFieldContainer[bytes]
+    item_msg_ids: _containers.RepeatedScalarFieldContainer[str]
+    prior_deliveries: int
+    not_before: float
+    def __init__(self, schema_version: _Optional[_Union[SchemaVersion, str]] = ..., items: _Optional[_Iterable[bytes]] = ..., item_msg_ids: _Optional[_Iterable[str]] = ..., prior_deliveries: _Optional[int] = ..., not_before: _Optional[float] = ...) -> None: ...
+
 class ShardAnnouncement(_message.Message):
     __slots__ = ("run_id", "key", "records", "seq", "store")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
