@@ -12,9 +12,10 @@ from libs.engines.factory import engine_from_settings
 from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
-from libs.queue.topology import dedup_kv
+from libs.queue.topology import DEDUP_BUCKET, dedup_kv
 from libs.service import Infra, StageService, WorkerSpec
 from libs.storage.objectstore import open_store
+from services.filter.claimlog import ClaimLog
 from services.filter.decontam import load_or_build
 from services.filter.dedup import KVDedupIndex
 from services.filter.neardup import KVNearDupIndex, MinHashConfig
@@ -29,7 +30,12 @@ async def build(settings: FilterSettings, infra: Infra, engine=None) -> StageSer
     engine = engine or await engine_from_settings(settings)
     counters = infra.counters(STAGE)
     kv = await dedup_kv(infra.js)
-    neardup = KVNearDupIndex(kv, neardup_config(settings)) if settings.neardup_enabled else None
+    if settings.dedup_protocol == "log":
+        claims = ClaimLog(infra.js, kv, DEDUP_BUCKET, neardup_config(settings))
+        dedup, neardup = claims.exact, (claims.near if settings.neardup_enabled else None)
+    else:
+        dedup = KVDedupIndex(kv)
+        neardup = KVNearDupIndex(kv, neardup_config(settings)) if settings.neardup_enabled else None
     decontam = None
     if settings.decontam_source_list:
         # Built once per source list and n, shared through the object store (services/filter/decontam.py).
@@ -41,7 +47,7 @@ async def build(settings: FilterSettings, infra: Infra, engine=None) -> StageSer
     stage = FilterStage(
         engine,
         settings,
-        KVDedupIndex(kv),
+        dedup,
         difficulty=difficulty,
         neardup=neardup,
         decontam=decontam,

@@ -29,6 +29,11 @@ class FilterSettings(CommonSettings, DifficultyModelSettings):
     # --- duplicates --------------------------------------------------------------------
     dedup_enabled: bool = Field(True, description="Exact duplicate removal within a run.")
     neardup_enabled: bool = Field(True, description="Near-duplicate removal (MinHash + LSH) within a run.")
+    dedup_protocol: Literal["log", "kv"] = Field(
+        "log", description="How filter replicas agree on duplicates: 'log' = one claim-log entry per batch, folded "
+        "in order by every replica (services/filter/claimlog.py); 'kv' = per-item KV claims (about 45 round trips "
+        "per near-duplicate claim)."
+    )  # fmt: skip
     neardup_threshold: float = Field(
         0.65, gt=0, le=1, description="Jaccard similarity from which a question is a near duplicate."
     )

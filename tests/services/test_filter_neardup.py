@@ -15,6 +15,8 @@ import pytest
 
 from libs.engines.fake import FakeEngine
 from libs.queue.topology import connect, dedup_kv
+from libs.queue.topology import DEDUP_BUCKET
+from services.filter.claimlog import ClaimLog
 from services.filter.dedup import KVDedupIndex
 from services.filter.main import neardup_config
 from services.filter.neardup import (
@@ -131,21 +133,41 @@ Q_REWORDED = (
 Q_OTHER = "A bakery sells 30 muffins in the morning and 12 in the afternoon. How many muffins does it sell in total?"
 
 
-@pytest.fixture
-async def replicas(nats_server):
+def indexes(js, kv, settings: FilterSettings, protocol: str):
+    """(exact, near) indexes of one replica under a dedup protocol (services/filter/main.py)."""
+    if protocol == "log":
+        claims = ClaimLog(js, kv, DEDUP_BUCKET, neardup_config(settings))
+        return claims.exact, claims.near
+    return KVDedupIndex(kv), KVNearDupIndex(kv, neardup_config(settings))
+
+
+async def _replicas(nats_server, protocol: str):
     """Two filter stages on two NATS connections sharing the dedup bucket (two "replicas")."""
     conns, stages = [], []
     settings = FilterSettings(judge_verdict="strict")
     for i in range(2):
         nc, js = await connect(nats_server.url, f"filter-{i}", max_reconnect_attempts=5)
         conns.append(nc)
-        kv = await dedup_kv(js)
-        stages.append(FilterStage(None, settings, KVDedupIndex(kv), neardup=KVNearDupIndex(kv, neardup_config(settings))))
+        exact, near = indexes(js, await dedup_kv(js), settings, protocol)
+        stages.append(FilterStage(None, settings, exact, neardup=near))
     try:
         yield stages
     finally:
         for nc in conns:
             await nc.close()
+
+
+@pytest.fixture(params=["kv", "log"])
+async def replicas(nats_server, request):
+    """Both dedup protocols must give the same answers."""
+    async for stages in _replicas(nats_server, request.param):
+        yield stages
+
+
+@pytest.fixture
+async def kv_replicas(nats_server):
+    async for stages in _replicas(nats_server, "kv"):
+        yield stages
 
 
 async def test_near_duplicate_rejected_across_replicas(replicas):
@@ -197,7 +219,8 @@ async def test_racing_replicas_let_exactly_one_pass(replicas):
                 assert r.failed.reason == "near_duplicate" and r.failed.detail.startswith(f"of {run}-")
 
 
-async def test_judge_rejection_releases_the_near_claim(nats_server):
+@pytest.mark.parametrize("protocol", ["kv", "log"])
+async def test_judge_rejection_releases_the_near_claim(nats_server, protocol):
     nc, js = await connect(nats_server.url, "filter", max_reconnect_attempts=5)
     try:
         kv = await dedup_kv(js)
@@ -209,7 +232,8 @@ async def test_judge_rejection_releases_the_near_claim(nats_server):
 
         engine = FakeEngine(judge)
         await engine.start()
-        stage = FilterStage(engine, settings, KVDedupIndex(kv), neardup=KVNearDupIndex(kv, neardup_config(settings)))
+        exact, near = indexes(js, kv, settings, protocol)
+        stage = FilterStage(engine, settings, exact, neardup=near)
         first = await stage.check(Q, "j", "j-0", judge=True)
         assert first.failed.reason == "judge_unsolvable"
         # the judge-rejected question no longer blocks its near duplicates...
@@ -231,9 +255,9 @@ async def test_neardup_can_be_switched_off(replicas):
     assert (await off.check(Q_REWORDED, "o", "o-1", judge=False)).failed is None
 
 
-async def test_a_stale_pending_claim_no_longer_blocks(replicas):
+async def test_a_stale_pending_claim_no_longer_blocks(kv_replicas):
     """A replica that died mid-claim leaves a pending record; once stale it is ignored."""
-    a, _ = replicas
+    a, _ = kv_replicas
     index = a.neardup
     assert await index.claim("s", "s-0", Q) is None
     key = index._sig_key("s", "s-0")
@@ -244,11 +268,11 @@ async def test_a_stale_pending_claim_no_longer_blocks(replicas):
     assert await index.claim("s", "s-2", Q_REWORDED) is None
 
 
-async def test_cached_members_save_reads_and_a_release_elsewhere_is_seen(replicas):
+async def test_cached_members_save_reads_and_a_release_elsewhere_is_seen(kv_replicas):
     """Replica b caches the records it read or wrote; members are compared from the cache (each
     once, however many bands it shares), and a cached "kept" member that matches is read again,
     so a release by replica a (its judge said no) is not missed."""
-    a, b = replicas
+    a, b = kv_replicas
     assert await a.neardup.claim("c", "c-0", Q) is None
     assert (await b.neardup.claim("c", "c-1", Q_REWORDED)).item_id == "c-0"  # b caches c-0 kept, c-1 dup
     index = b.neardup
@@ -264,9 +288,53 @@ async def test_cached_members_save_reads_and_a_release_elsewhere_is_seen(replica
     assert await index.claim("c", "c-3", Q.replace("in total", "altogether")) is None
 
 
-async def test_cache_is_bounded(replicas):
-    a, _ = replicas
+async def test_cache_is_bounded(kv_replicas):
+    a, _ = kv_replicas
     a.neardup.cache_size = 3
     for i in range(6):
         await a.neardup.claim("b", f"b-{i}", f"Question number {i}: what is {i} + {i * 7} times {i + 11}?")
     assert len(a.neardup._cache) == 3
+
+
+# ----------------------------------------------------------------------------- claim log
+async def test_claim_log_batches_claims_and_a_late_replica_agrees(nats_server):
+    """A gathered batch is one log entry per kind; a replica that starts later folds the same
+    log and gives every item the verdict of its first claim; the same batch claimed again (a
+    redelivery) reuses its entry."""
+    settings = FilterSettings(judge_verdict="strict")
+    texts = [Q, Q_REWORDED, Q_OTHER, Q.lower(), "A train travels 300 km in 4 hours. What is its average speed?"]
+    nc, js = await connect(nats_server.url, "filter-a", max_reconnect_attempts=5)
+    nc2, js2 = await connect(nats_server.url, "filter-late", max_reconnect_attempts=5)
+    try:
+        claims = ClaimLog(js, await dedup_kv(js), DEDUP_BUCKET, neardup_config(settings))
+        stage = FilterStage(None, settings, claims.exact, neardup=claims.near)
+        first = await asyncio.gather(*(stage.check(t, "cl", f"cl-{i}", judge=False) for i, t in enumerate(texts)))
+        reasons = [r.failed.reason if r.failed else "pass" for r in first]
+        assert reasons == ["pass", "near_duplicate", "pass", "duplicate", "pass"]
+        assert claims.entries_written == 2  # one exact entry, one near entry (the exact dup stops early)
+        again = await asyncio.gather(*(stage.check(t, "cl", f"cl-{i}", judge=False) for i, t in enumerate(texts)))
+        assert [r.failed.reason if r.failed else "pass" for r in again] == reasons
+        assert claims.entries_written == 2  # the same claims: their entries were already there
+
+        late = ClaimLog(js2, await dedup_kv(js2), DEDUP_BUCKET, neardup_config(settings))
+        late_stage = FilterStage(None, settings, late.exact, neardup=late.near)
+        order = [4, 3, 2, 1, 0]  # other batches, other order: the first claims still decide
+        redelivered = [await late_stage.check(texts[i], "cl", f"cl-{i}", judge=False) for i in order]
+        assert [r.failed.reason if r.failed else "pass" for r in redelivered] == [reasons[i] for i in order]
+        assert "of cl-0 " in redelivered[3].failed.detail
+    finally:
+        await nc.close()
+        await nc2.close()
+
+
+async def test_claim_log_scopes_are_bounded(nats_server):
+    nc, js = await connect(nats_server.url, "filter-s", max_reconnect_attempts=5)
+    try:
+        claims = ClaimLog(js, await dedup_kv(js), DEDUP_BUCKET, neardup_config(FilterSettings()), max_scopes=2)
+        for run in ("s1", "s2", "s3"):
+            assert await claims.near.claim(run, f"{run}-0", Q) is None
+        assert len(claims._folds) == 2
+        # s1 was let go; asked again, its log is folded from the start and knows s1-0
+        assert (await claims.near.claim("s1", "s1-1", Q_REWORDED)).item_id == "s1-0"
+    finally:
+        await nc.close()

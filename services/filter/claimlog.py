@@ -1,0 +1,286 @@
+"""Duplicate claims as an append-only log that every filter replica folds in the same order.
+
+The KV protocols (``dedup.KVDedupIndex``, ``neardup.KVNearDupIndex``) decide each claim with
+KV round trips: one create for an exact claim, and about 45 operations for a near-duplicate
+claim (its record, 21 band buckets read, 21 compare-and-set appends, the final record). At a few
+thousand questions a second those round trips are the filter's whole cost (docs/benchmarks.md).
+
+Here a claim is one entry in a log, and the log is a set of keys in the same dedup bucket
+(``sq-dedup``), created and never rewritten::
+
+    xlog.<scope>.<hash>          exact claims     [["x", item_id, key], ...]
+    nlog.<scope>.<tag>.<hash>    near claims      [["n", item_id, signature], ["r", item_id, ""], ...]
+
+A bucket is a stream, so every entry has a sequence number, and a replica that watches a
+scope's keys (an ordered consumer) sees the entries in that order. The verdict of a claim is a
+pure function of the entries before it:
+
+* exact: the first item that claimed a key owns it; a later claimant is a ``duplicate``;
+* near: a claim is a near duplicate of the most similar *kept* claim before it (MinHash
+  estimate at or above the threshold, candidates from the LSH band tables); otherwise it is kept
+  and joins the band tables. A release entry (``r``; the judge rejected the question) turns a
+  kept claim released, so later claims are no longer compared with it.
+
+So every replica reaches the same verdict for every claim without any locking: of two similar
+questions claimed at the same time by two replicas, the one whose entry comes first is kept and
+the other is a near duplicate of it. A claimant learns its verdict by folding the log up to its
+own entry.
+
+Cost: claims made in the same event-loop tick (a batch's items, gathered) travel in one entry
+per kind, so a batch costs one create per kind, not dozens of round trips per item; the fold
+is in memory. An entry's key hashes its claims: a batch that is redelivered and claims the same
+items again finds its entry already there (create fails) and uses its sequence number; items
+claimed again in another batch get the verdict of their first claim. Each replica keeps the
+folded state of the scopes it serves (``max_scopes``, least recently used first out): about 600
+bytes per near claim, so a run of a million questions needs about 600 MB per filter replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyWrongLastSequenceError
+
+from services.filter.neardup import MinHashConfig, NearDupMatch, _decode_sig, _encode_sig, similarity
+
+log = logging.getLogger("scalequest.filter.claimlog")
+
+EXACT, NEAR, RELEASE = "x", "n", "r"
+
+
+def _safe(scope: str) -> str:
+    """A scope as one KV key token (run ids already are; anything else is hashed)."""
+    ok = scope and all(c.isalnum() or c in "-_" for c in scope) and len(scope) <= 128
+    return scope if ok else "h" + hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class _Claim:
+    kind: str
+    item_id: str
+    data: str
+    future: asyncio.Future
+
+
+@dataclass
+class _Fold:
+    """The folded state of one log (one scope and kind); see the module doc for the rules."""
+
+    config: MinHashConfig | None
+    max_bucket: int
+    seq: int = 0  # last folded stream sequence
+    owners: dict[str, str] = field(default_factory=dict)  # exact: key -> first claimant
+    exact: dict[tuple[str, str], bool] = field(default_factory=dict)  # (item, key) -> owns it
+    status: dict[str, str] = field(default_factory=dict)  # near: item -> kept | dup | released
+    sigs: dict[str, np.ndarray] = field(default_factory=dict)  # near: kept items' signatures
+    matches: dict[str, NearDupMatch] = field(default_factory=dict)  # near: dup item -> its match
+    bands: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
+
+    def apply(self, seq: int, entry: list) -> None:
+        for kind, item, data in entry:
+            if kind == EXACT:
+                owner = self.owners.setdefault(data, item)
+                self.exact.setdefault((item, data), owner == item)
+            elif kind == NEAR:
+                self._near(item, data)
+            elif kind == RELEASE and self.status.get(item) == "kept":
+                self.status[item] = "released"
+                self.sigs.pop(item, None)
+        self.seq = seq
+        still = []
+        for want, fut in self.waiters:
+            if want <= seq:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((want, fut))
+        self.waiters = still
+
+    def _near(self, item: str, data: str) -> None:
+        if item in self.status:  # claimed before: its first verdict stands
+            return
+        assert self.config is not None
+        sig = _decode_sig(data)
+        keys = [(i, h) for i, h in enumerate(self.config.band_hashes(sig))]
+        best: NearDupMatch | None = None
+        seen: set[str] = set()
+        for k in keys:
+            for m in self.bands.get(k, ()):
+                if m in seen:
+                    continue
+                seen.add(m)
+                other = self.sigs.get(m)
+                if other is None or len(other) != len(sig):  # not kept (dup or released)
+                    continue
+                s = similarity(sig, other)
+                if s >= self.config.threshold and (best is None or s > best.similarity):
+                    best = NearDupMatch(m, s)
+        if best is not None:
+            self.status[item] = "dup"
+            self.matches[item] = best
+            return
+        self.status[item] = "kept"
+        self.sigs[item] = sig
+        for k in keys:
+            members = self.bands.setdefault(k, [])
+            if len(members) < self.max_bucket:
+                members.append(item)
+
+    def verdict(self, claim: _Claim) -> object:
+        if claim.kind == EXACT:
+            return self.exact.get((claim.item_id, claim.data), True)
+        if claim.kind == NEAR:
+            return self.matches.get(claim.item_id) if self.status.get(claim.item_id) == "dup" else None
+        return None
+
+
+class ClaimLog:
+    """Exact and near-duplicate claims of one filter replica (module doc).
+
+    ``exact`` and ``near`` are the two indexes the filter stage uses (same methods as the KV
+    ones)."""
+
+    def __init__(self, js, kv, bucket: str, config: MinHashConfig, *, max_bucket: int = 2000,
+                 max_scopes: int = 8) -> None:  # fmt: skip
+        self.js = js
+        self.kv = kv
+        self.stream = f"KV_{bucket}"
+        self.bucket = bucket
+        self.config = config
+        self.max_bucket = max_bucket
+        self.max_scopes = max_scopes
+        self._folds: OrderedDict[str, tuple[_Fold, object]] = OrderedDict()
+        self._opening: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, list[_Claim]] = {}
+        self.entries_written = 0
+        self.exact = _ExactView(self)
+        self.near = _NearView(self)
+
+    def _log_prefix(self, kind: str, scope: str) -> str:
+        if kind == EXACT:
+            return f"xlog.{_safe(scope)}"
+        return f"nlog.{_safe(scope)}.{self.config.tag}"
+
+    # ------------------------------------------------------------------ claims
+    async def _claim(self, kind: str, scope: str, item_id: str, data: str) -> object:
+        prefix = self._log_prefix(kind, scope)
+        fut = asyncio.get_running_loop().create_future()
+        batch = self._pending.get(prefix)
+        if batch is None:
+            batch = self._pending[prefix] = []
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush(prefix)))
+        batch.append(_Claim(kind, item_id, data, fut))
+        return await fut
+
+    async def _flush(self, prefix: str) -> None:
+        await asyncio.sleep(0)  # one more tick: the rest of a gathered batch joins this entry
+        claims = self._pending.pop(prefix, [])
+        if not claims:
+            return
+        try:
+            fold = await self._fold_of(prefix)
+            entry = [[c.kind, c.item_id, c.data] for c in claims]
+            body = json.dumps(entry, separators=(",", ":")).encode()
+            key = f"{prefix}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"
+            try:
+                seq = await self.kv.create(key, body)
+                self.entries_written += 1
+            except KeyWrongLastSequenceError:  # the same claims were logged before (a retry)
+                seq = (await self.kv.get(key)).revision
+            if fold.seq < seq:
+                waiter = asyncio.get_running_loop().create_future()
+                fold.waiters.append((seq, waiter))
+                await asyncio.wait_for(waiter, 30.0)
+            for c in claims:
+                if not c.future.done():
+                    c.future.set_result(fold.verdict(c))
+        except BaseException as e:  # noqa: BLE001 -- every claimant gets the error (the worker retries)
+            for c in claims:
+                if not c.future.done():
+                    c.future.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+            if not isinstance(e, Exception):
+                raise
+
+    async def _fold_of(self, prefix: str) -> _Fold:
+        """The folded log under ``prefix``, watched from its first entry (opened once)."""
+        got = self._folds.get(prefix)
+        if got is not None:
+            self._folds.move_to_end(prefix)
+            return got[0]
+        opening = self._opening.get(prefix)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        opening = self._opening[prefix] = asyncio.get_running_loop().create_future()
+        try:
+            fold = _Fold(self.config if prefix.startswith("nlog.") else None, self.max_bucket)
+
+            async def on_msg(msg) -> None:
+                if not msg.data:  # a deleted or purged key: nothing to fold
+                    return
+                try:
+                    entry = json.loads(msg.data)
+                except ValueError:
+                    log.error("claim log %s: unreadable entry at seq %s; skipped", prefix, msg.metadata.sequence.stream)
+                    return
+                fold.apply(int(msg.metadata.sequence.stream), entry)
+
+            sub = await self.js.subscribe(f"$KV.{self.bucket}.{prefix}.>", stream=self.stream, cb=on_msg,
+                                          ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)  # fmt: skip
+            self._folds[prefix] = (fold, sub)
+            while len(self._folds) > self.max_scopes:
+                _, (_, old) = self._folds.popitem(last=False)
+                try:
+                    await old.unsubscribe()
+                except Exception as e:  # noqa: BLE001 -- the connection is closing: nothing to free
+                    log.debug("claim log: unsubscribe: %s", e)
+            opening.set_result(fold)
+            return fold
+        except BaseException as e:
+            opening.set_exception(e)
+            opening.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._opening.pop(prefix, None)
+
+    async def close(self) -> None:
+        for _, sub in self._folds.values():
+            try:
+                await sub.unsubscribe()
+            except Exception as e:  # noqa: BLE001
+                log.debug("claim log: unsubscribe: %s", e)
+        self._folds.clear()
+
+
+class _ExactView:
+    def __init__(self, log_: ClaimLog) -> None:
+        self._log = log_
+
+    async def claim(self, scope: str, key: str, item_id: str) -> bool:
+        """True when ``item_id`` owns ``key`` in ``scope`` (first claimant), False for a duplicate."""
+        return bool(await self._log._claim(EXACT, scope, item_id, key))
+
+
+class _NearView:
+    def __init__(self, log_: ClaimLog) -> None:
+        self._log = log_
+
+    @property
+    def config(self) -> MinHashConfig:
+        return self._log.config
+
+    async def claim(self, scope: str, item_id: str, text: str) -> NearDupMatch | None:
+        """None when ``text`` is no near duplicate of a kept claim before it, else the best match."""
+        sig = self._log.config.signature(text)
+        return await self._log._claim(NEAR, scope, item_id, _encode_sig(sig))  # type: ignore[return-value]
+
+    async def release(self, scope: str, item_id: str) -> None:
+        """Give the item's claim up (a later check rejected it)."""
+        await self._log._claim(RELEASE, scope, item_id, "")
