@@ -201,7 +201,13 @@ class StageWorker(Generic[T]):
         self.max_message_bytes = max_message_bytes  # 0 = no limit beyond the server's max_payload
         self.envelope_max_items = envelope_max_items
         self.envelope_max_bytes = envelope_max_bytes
-        self._items_per_msg = 1.0  # moving average over fetched messages (envelopes carry several)
+        # Moving average of items per fetched message (envelopes carry several). Until the first
+        # message is seen it is batch_size, so the first fetch takes one message and sizes the
+        # rest (_calibrate): assuming 1 made the first fetch take batch_size envelopes, a batch of
+        # up to batch_size x 64 items that held everything behind it (measured: one 1,024-item
+        # batch took 1.7 s of a 1.1 s drain).
+        self._items_per_msg = float(batch_size)
+        self._calibrated = False
         self.dlq_subject = subjects.dlq_subject(stage)
         self.publish_timeout = 10.0
         self.publish_retry_delay = DEFAULT_NAK_DELAY  # nak delay when outputs could not be stored
@@ -336,6 +342,8 @@ class StageWorker(Generic[T]):
             errors_in_row = 0
             if not msgs:
                 continue
+            if not self._calibrated:
+                msgs += await self._calibrate(sub, msgs[0], len(msgs))
             self._inflight += 1
             try:
                 await self._process_batch(msgs)
@@ -345,6 +353,26 @@ class StageWorker(Generic[T]):
                 log.exception("worker %s: unexpected error processing a batch", self.stage, extra=self._log_extra)
             finally:
                 self._inflight -= 1
+
+    async def _calibrate(self, sub: Any, first: Msg, have: int) -> list[Msg]:
+        """Size fetches from the first message (its items), then top the first batch up."""
+        self._calibrated = True
+        per = 1
+        if envelope.is_envelope(first.headers):
+            try:
+                per = max(1, int(first.headers[envelope.H_ENVELOPE]))
+            except ValueError:
+                per = self.batch_size
+        self._items_per_msg = float(per)
+        want = self._fetch_size() - have
+        if want <= 0:
+            return []
+        try:
+            return await fetch_ready(sub, want, min(self.fetch_timeout, 0.05), self.fetch_linger)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 -- nothing more ready (timeout) or a hiccup: go with what we have
+            return []
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         try:
@@ -404,7 +432,7 @@ class StageWorker(Generic[T]):
         self._stats.items += len(works)
         if msgs:
             items = len(works) + sum(h.dead for h in held)
-            self._items_per_msg += 0.2 * (max(1, items) / len(msgs) - self._items_per_msg)
+            self._items_per_msg += 0.5 * (max(1, items) / len(msgs) - self._items_per_msg)
         if works:
             heartbeat = asyncio.create_task(self._heartbeat(works))
             try:
