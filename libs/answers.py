@@ -157,6 +157,12 @@ def equivalent(a: str, b: str) -> bool:
         return True
     if not (sympy_safe(a) and sympy_safe(b)):
         return False
+    return _verified(a, b) if a <= b else _verified(b, a)
+
+
+@lru_cache(maxsize=65536)
+def _verified(a: str, b: str) -> bool:
+    """math-verify's verdict on two answers (cached: a question's candidates repeat answers)."""
     try:
         from math_verify import verify
 
@@ -167,6 +173,11 @@ def equivalent(a: str, b: str) -> bool:
     except Exception as e:  # noqa: BLE001 - math-verify raises on exotic input; treat as not equivalent
         log.debug("math-verify failed on %r vs %r: %s", a, b, e)
         return False
+
+
+def warm_up() -> None:
+    """Import math-verify and sympy now (about a second of imports), not on the first item."""
+    equivalent("1/2", "0.5")
 
 
 def group_equivalent(answers: list[str]) -> list[int]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.reward.v1 import reward_pb2_grpc as api_grpc
 
+from libs import answers
 from libs.engines.factory import engine_from_settings
 from libs.engines.pooling import ScoringEngine, get_scorer
 from libs.grpc.server import GrpcServer
@@ -39,6 +42,7 @@ async def build(settings: RewardSettings, infra: Infra, engine=None, reward_mode
         engine = None
     reward_model = reward_model or await reward_model_from_settings(settings)
     counters = infra.counters(STAGE)
+    await asyncio.to_thread(answers.warm_up)  # math-verify's imports before the first item, not in it
     stage = RewardStage(engine, settings, reward_model=reward_model, counters=counters, runs=infra.run_states())
     server = GrpcServer(
         STAGE, settings, servicers=[(api_grpc.add_RewardServiceServicer_to_server, RewardServicer(stage), SERVICE_NAME)]
