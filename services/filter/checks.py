@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 
 # --------------------------------------------------------------------------------------------
 # language
@@ -54,6 +55,7 @@ def _script(ch: str) -> str:
     return name.split(" ", 1)[0] if name else "UNKNOWN"
 
 
+@lru_cache(maxsize=8192)
 def _char_class(ch: str) -> str:
     """'ok' (ASCII or math typography), 'latin' (accented Latin letter), 'greek', 'script'
     (a letter of another writing system) or 'other' (emoji, control, CJK punctuation...)."""
@@ -109,10 +111,11 @@ def check_language(text: str) -> tuple[bool, str, str]:
       punctuation) rejects with ``unexpected_characters``.
     """
     text = unicodedata.normalize("NFC", text)
+    plain = text.isascii()  # the common case: no character needs a look-up
     foreign_script: list[str] = []
     other: list[str] = []
     greek_run, greek_words = 0, 0
-    for ch in text:
+    for ch in "" if plain else text:
         kind = _char_class(ch)
         if kind == "greek":
             greek_run += 1
@@ -128,7 +131,7 @@ def check_language(text: str) -> tuple[bool, str, str]:
     if greek_words >= 2:
         return False, "non_english_script", f"{greek_words} Greek words"
     words = [w.lower() for w in _WORD.findall(_LATEX_CMD.sub(" ", text))]
-    accented = [w for w in words if any(_char_class(ch) == "latin" for ch in w)]
+    accented = [] if plain else [w for w in words if any(_char_class(ch) == "latin" for ch in w)]
     foreign = [w for w in words if w in _FOREIGN_WORDS and w.isascii()]
     english = sum(1 for w in words if w in _EN_WORDS)
     evidence = len(accented) + len(foreign)

@@ -81,7 +81,7 @@ class _Fold:
     status: dict[str, str] = field(default_factory=dict)  # near: item -> kept | dup | released
     sigs: dict[str, np.ndarray] = field(default_factory=dict)  # near: kept items' signatures
     matches: dict[str, NearDupMatch] = field(default_factory=dict)  # near: dup item -> its match
-    bands: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    bands: dict[bytes, list[str]] = field(default_factory=dict)
     waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
 
     def apply(self, seq: int, entry: list) -> None:
@@ -109,7 +109,7 @@ class _Fold:
             return
         assert self.config is not None
         sig = _decode_sig(data)
-        keys = [(i, h) for i, h in enumerate(self.config.band_hashes(sig))]
+        keys = self.config.band_keys(sig)
         best: NearDupMatch | None = None
         seen: set[str] = set()
         for k in keys:
