@@ -452,8 +452,17 @@ class StageWorker(Generic[T]):
                     results, batch_error = [e] * len(works), e
                 self._stats.batches += 1
                 stored = await self._store_outputs(works, results)
-                await asyncio.gather(*(self._settle(w, r, batch_error, stored.get(k, _UNSET))
-                                       for k, (w, r) in enumerate(zip(works, results))))  # fmt: skip
+                # Items whose outputs are stored settle in order (an ack is a buffered write; an
+                # envelope's item only records itself): a task each cost more than the settling.
+                # Failures settle concurrently, since dead letters wait for the DLQ stream's ack.
+                rest = []
+                for k, (w, r) in enumerate(zip(works, results)):
+                    if stored.get(k, _UNSET) is None:
+                        await self._settle(w, r, batch_error, None)
+                    else:
+                        rest.append(self._settle(w, r, batch_error, stored.get(k, _UNSET)))
+                if rest:
+                    await asyncio.gather(*rest)
             finally:
                 heartbeat.cancel()
                 try:
@@ -468,16 +477,14 @@ class StageWorker(Generic[T]):
         """Decode one item (of a message or an envelope); dead-letter what cannot be worked on."""
         seq = h.seq
         where = f"seq={seq}" if index < 0 else f"seq={seq}#{index}"
-        stub = _Work(h, None, deliveries, seq, where, index, raw)
         try:
             item = self._decode(raw)
         except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
-            if e.item is not None:
-                stub.item_id = self._id_of(e.item, where)
-            await self._dead(stub, e.reason, e.detail, item=e.item)
+            name = self._id_of(e.item, where) if e.item is not None else where
+            await self._dead(_Work(h, None, deliveries, seq, name, index, raw), e.reason, e.detail, item=e.item)
             return None
         except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
-            await self._dead(stub, REASON_MALFORMED, _describe(e))
+            await self._dead(_Work(h, None, deliveries, seq, where, index, raw), REASON_MALFORMED, _describe(e))
             return None
         w = _Work(h, item, deliveries, seq, self._id_of(item, where), index, raw)
         if deliveries > self.max_deliver:
