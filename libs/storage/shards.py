@@ -187,6 +187,12 @@ def _check_record(i: int, rec: Any, now: float, schema: pa.Schema = RECORD_SCHEM
     return out
 
 
+def warm_up() -> None:
+    """Do the imports of the first shard write now: pyarrow's from_pylist imports pandas on its
+    first call (a quarter of a second, measured inside the first shard write of a run)."""
+    pa.Table.from_pylist([{"x": 1}])
+
+
 def records_to_parquet(records: Iterable[Mapping[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> bytes:
     """Serialize records to zstd-compressed Parquet bytes with ``schema`` (:data:`RECORD_SCHEMA`
     for question-solution records, :data:`PAIR_SCHEMA` for QPO pairs).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from scalequest.common.v1 import items_pb2 as pb
 from scalequest.coordinator.v1 import coordinator_pb2_grpc as api_grpc
 
@@ -9,6 +11,7 @@ from libs.grpc.server import GrpcServer
 from libs.items import decoder
 from libs.queue import subjects
 from libs.service import Infra, StageService, WorkerSpec
+from libs.storage import shards
 from services.coordinator.runs import STAGE, RunManager
 from services.coordinator.servicer import SERVICE_NAME, CoordinatorServicer
 from services.coordinator.settings import CoordinatorSettings
@@ -22,6 +25,7 @@ def _decode_outcome(data: bytes) -> pb.Outcome:
 
 
 async def build(settings: CoordinatorSettings, infra: Infra, engine=None) -> StageService:
+    await asyncio.to_thread(shards.warm_up)  # the first shard write's imports, before any run
     manager = RunManager(settings, infra.js, infra.kv, infra.store)
     await manager.resume_runs()
     server = GrpcServer(

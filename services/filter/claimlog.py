@@ -43,18 +43,26 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError
 
-from services.filter.neardup import MinHashConfig, NearDupMatch, _decode_sig, _encode_sig, similarity
+from services.filter.neardup import (
+    MinHashConfig,
+    NearDupMatch,
+    _decode_sig,
+    _encode_sig,
+    similarity,
+)
 
 log = logging.getLogger("scalequest.filter.claimlog")
 
 EXACT, NEAR, RELEASE = "x", "n", "r"
 
 
+@lru_cache(maxsize=1024)
 def _safe(scope: str) -> str:
     """A scope as one KV key token (run ids already are; anything else is hashed)."""
     ok = scope and all(c.isalnum() or c in "-_" for c in scope) and len(scope) <= 128
@@ -165,9 +173,7 @@ class ClaimLog:
         self.near = _NearView(self)
 
     def _log_prefix(self, kind: str, scope: str) -> str:
-        if kind == EXACT:
-            return f"xlog.{_safe(scope)}"
-        return f"nlog.{_safe(scope)}.{self.config.tag}"
+        return f"xlog.{_safe(scope)}" if kind == EXACT else f"nlog.{_safe(scope)}.{self.config.tag}"
 
     # ------------------------------------------------------------------ claims
     async def _claim(self, kind: str, scope: str, item_id: str, data: str) -> object:
