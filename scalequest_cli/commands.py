@@ -44,14 +44,17 @@ def run_overrides(args) -> dict[str, dict]:
     # behind them, and the shared engine ran half empty (benchmarks/efficiency.py). With one item
     # per loop an item's loop fetches the next the moment it is done; admission
     # (max_outstanding) stays the only bound on work in flight.
-    stage = {"batch_size": 1, "worker_concurrency": max(1, min(256, getattr(args, "max_outstanding", 32)))}
+    # One message per item too (no envelopes): an envelope would put several items back in one
+    # loop, which works through them batch_size at a time.
+    stage = {"batch_size": 1, "worker_concurrency": max(1, min(256, getattr(args, "max_outstanding", 32))),
+             "envelope_max_items": 1}
     return {
         "questiongen": {**engine, **optimizer, **stage},
         "filter": {**engine, "judge_max_tokens": args.judge_max_tokens, **stage},
         "solver": {**engine, "answer_fallback": args.answer_fallback, "solve_prompt": args.solver_prompt, **stage},
         "reward": {**engine, **stage},
         # The sink holds records un-acked until their shard is durable: give it room.
-        "coordinator": {"worker_concurrency": 8, "batch_size": 32, "writer_id": "w0"},
+        "coordinator": {"worker_concurrency": 8, "batch_size": 32, "writer_id": "w0", "envelope_max_items": 1},
     }
 
 

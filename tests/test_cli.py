@@ -69,5 +69,7 @@ def test_run_overrides_give_engine_stages_one_item_per_fetch():
         overrides = run_overrides(build_parser().parse_args(["run", "--target", "4", "--max-outstanding", outstanding]))
         for name in ENGINE_SERVICES:
             settings = load_settings(service_module(name).Settings, **overrides[name])
-            assert (settings.batch_size, settings.worker_concurrency) == (1, loops)
+            assert (settings.batch_size, settings.worker_concurrency, settings.envelope_max_items) == (1, loops, 1)
         assert overrides["coordinator"]["batch_size"] == 32  # the sink keeps its own batching
+        # ... and admits tasks one message each: an envelope would put many in one loop
+        assert load_settings(service_module("coordinator").Settings, **overrides["coordinator"]).envelope_max_items == 1

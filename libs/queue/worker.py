@@ -436,33 +436,10 @@ class StageWorker(Generic[T]):
         if works:
             heartbeat = asyncio.create_task(self._heartbeat(works))
             try:
-                results: list[Any]
-                batch_error: BaseException | None = None
-                try:
-                    results = await self._handler([w.item for w in works])
-                    if not isinstance(results, (list, tuple)) or len(results) != len(works):
-                        n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-                        raise TypeError(f"handler returned {n} results for {len(works)} items")
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    if not isinstance(e, _EXPECTED):
-                        log.error("worker %s: handler failed on a batch of %d: %s", self.stage, len(works),
-                                  _describe(e), exc_info=e, extra=self._log_extra)  # fmt: skip
-                    results, batch_error = [e] * len(works), e
-                self._stats.batches += 1
-                stored = await self._store_outputs(works, results)
-                # Items whose outputs are stored settle in order (an ack is a buffered write; an
-                # envelope's item only records itself): a task each cost more than the settling.
-                # Failures settle concurrently, since dead letters wait for the DLQ stream's ack.
-                rest = []
-                for k, (w, r) in enumerate(zip(works, results)):
-                    if stored.get(k, _UNSET) is None:
-                        await self._settle(w, r, batch_error, None)
-                    else:
-                        rest.append(self._settle(w, r, batch_error, stored.get(k, _UNSET)))
-                if rest:
-                    await asyncio.gather(*rest)
+                # At most batch_size items per handler call: an envelope can carry more than a
+                # stage takes at once (engine concurrency is batch_size x concurrency).
+                for i in range(0, len(works), self.batch_size):
+                    await self._handle(works[i : i + self.batch_size])
             finally:
                 heartbeat.cancel()
                 try:
@@ -472,6 +449,36 @@ class StageWorker(Generic[T]):
         for h in held:
             await self._finish_envelope(h)
         self._emit("batch", size=len(msgs), handled=len(works), seconds=round(time.monotonic() - started, 4))
+
+    async def _handle(self, works: list[_Work[T]]) -> None:
+        """One handler call, then its outputs stored and its items settled."""
+        results: list[Any]
+        batch_error: BaseException | None = None
+        try:
+            results = await self._handler([w.item for w in works])
+            if not isinstance(results, (list, tuple)) or len(results) != len(works):
+                n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+                raise TypeError(f"handler returned {n} results for {len(works)} items")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if not isinstance(e, _EXPECTED):
+                log.error("worker %s: handler failed on a batch of %d: %s", self.stage, len(works),
+                          _describe(e), exc_info=e, extra=self._log_extra)  # fmt: skip
+            results, batch_error = [e] * len(works), e
+        self._stats.batches += 1
+        stored = await self._store_outputs(works, results)
+        # Items whose outputs are stored settle in order (an ack is a buffered write; an
+        # envelope's item only records itself): a task each cost more than the settling.
+        # Failures settle concurrently, since dead letters wait for the DLQ stream's ack.
+        rest = []
+        for k, (w, r) in enumerate(zip(works, results)):
+            if stored.get(k, _UNSET) is None:
+                await self._settle(w, r, batch_error, None)
+            else:
+                rest.append(self._settle(w, r, batch_error, stored.get(k, _UNSET)))
+        if rest:
+            await asyncio.gather(*rest)
 
     async def _unpack(self, h: _Held, raw: bytes, index: int, deliveries: int) -> _Work[T] | None:
         """Decode one item (of a message or an envelope); dead-letter what cannot be worked on."""

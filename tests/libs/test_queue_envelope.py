@@ -97,6 +97,26 @@ async def test_envelope_items_are_handled_and_outputs_packed(js):
     assert w.stats.fetched == 1 and w.stats.items == 25 and w.stats.envelopes == 3 and w.stats.published == 25
 
 
+async def test_handler_calls_take_at_most_batch_size_items(js):
+    """An envelope larger than the stage's batch is worked on in batch_size chunks (the engine's
+    concurrency is batch_size x concurrency, whatever the producer packed) and acked once."""
+    calls: list[int] = []
+
+    async def handler(items):
+        calls.append(len(items))
+        return outputs(items)
+
+    w = make_worker(js, handler, batch_size=10, envelope_max_items=64)
+    await publish_envelope(js, [f"c{i}" for i in range(25)])
+    await w.start()
+    try:
+        await wait_until(lambda: w.stats.acked == 25)
+    finally:
+        await w.stop()
+    assert calls == [10, 10, 5]
+    assert await pending_in(js) == (0, 0)
+
+
 async def test_fetch_size_follows_items_per_message(js):
     batches: list[int] = []
 
