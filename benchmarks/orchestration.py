@@ -17,12 +17,17 @@ Every repeat runs, on a fresh ``nats-server`` (file store, as deployed) each tim
    (``max_outstanding`` = ``--outstanding``); items/s = items that ended (accepted or rejected
    anywhere) per second of run wall time. Per-process CPU seconds show who is busy.
 
+4. **queue layer alone**: five pass-through stage processes (``benchmarks/relay.py``: the real
+   StageWorker, envelopes, decoding and publishing, but no stage logic and no engine) in a chain,
+   with envelopes (``--envelope-items``) and with one message per item: what orchestration
+   itself costs per item, apart from what the stages compute.
+
 With ``--profile`` (needs ``py-spy`` on PATH, see docs/benchmarks.md) one more end-to-end run is
 sampled in every service process (its rate is not reported: sampling slows it) and the table shows where the main thread's
 time goes (NATS client, asyncio, protobuf, stage logic, worker, engine, idle).
 
-``--filter-variants`` adds end-to-end runs with other filter settings (e.g. near-duplicate
-removal off), since the filter's KV round trips dominate its cost.
+``--filter-variants`` adds end-to-end runs with other settings: near-duplicate removal off, and
+one message per item (``no-envelopes``) for the before/after of envelopes.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ STAGE_QUEUE = {"questiongen": "GENERATE", "filter": "FILTER", "solver": "SOLVE",
 SINK = {"coordinator": {"SQ_BATCH_SIZE": "256"}}
 VARIANTS = {
     "default": {},
+    "no-envelopes": {"SQ_ENVELOPE_MAX_ITEMS": "1"},
     "no-neardup": {"SQ_NEARDUP_ENABLED": "false"},
     "no-dedup": {"SQ_NEARDUP_ENABLED": "false", "SQ_DEDUP_ENABLED": "false"},
 }
@@ -251,6 +257,69 @@ async def end_to_end(
         }
 
 
+# ------------------------------------------------------------------------------ queue layer alone
+async def relay_chain(workdir: Path, n: int, batch: int, concurrency: int, envelope_items: int) -> dict:
+    """Five pass-through stage processes (``benchmarks/relay.py``) in a chain on a fresh
+    nats-server: ``n`` tasks admitted the way the coordinator does (envelopes, awaited in
+    windows), forwarded unchanged by the real StageWorker at every hop (module doc, step 4)."""
+    import json
+    import sys
+
+    from scalequest.common.v1 import items_pb2 as pb
+
+    from benchmarks.relay import ORDER
+    from libs.queue import envelope, subjects
+    from libs.queue.server import EmbeddedNats
+    from libs.queue.topology import connect, ensure_topology
+
+    srv = EmbeddedNats(store_dir=workdir / "relay-nats").start()
+    procs: dict[str, subprocess.Popen] = {}
+    nc = None
+    try:
+        nc, js = await connect(srv.url, "relay-bench")
+        await ensure_topology(js)
+        for name in ORDER:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.relay", "--nats", srv.url, "--queue", name, "--expect", str(n),
+                 "--batch", str(batch), "--concurrency", str(concurrency), "--envelope", str(envelope_items)],
+                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+            )  # fmt: skip
+        for p in procs.values():
+            await asyncio.to_thread(p.stdout.readline)  # {"ready": ...}
+        cfg = pb.RunConfig(target=n, seed=1, generator_model="default", solver_model="default", judge_model="default",
+                           n_candidates=4, max_outstanding=n, max_tasks=n, selection_rule="reward")  # fmt: skip
+        payloads = [pb.GenerateTask(schema_version=pb.SCHEMA_VERSION_1, run_id="relay", item_id=f"relay-{i:07d}",
+                                    index=i, seed=i, config=cfg).SerializeToString() for i in range(n)]  # fmt: skip
+        ids = [f"relay-{i:07d}.task" for i in range(n)]
+        nats_cpu0 = cpu_seconds(srv.pid)
+        t0 = time.time()
+        window = 2048  # tasks per admission round, like max_outstanding
+        for i in range(0, n, window):
+            packs = envelope.pack(payloads[i : i + window], ids[i : i + window], max_items=envelope_items,
+                                  max_bytes=512 * 1024)  # fmt: skip
+            await asyncio.gather(*(js.publish(subjects.GENERATE.subject, pk.payload, headers=pk.headers) for pk in packs))
+        published = time.time()
+        results = {}
+        for name, p in procs.items():
+            out, _ = await asyncio.to_thread(p.communicate, timeout=600)
+            results[name] = json.loads(out.strip().splitlines()[-1])
+        nats_cpu = cpu_seconds(srv.pid) - nats_cpu0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+        if nc is not None:
+            await nc.close()
+        srv.close()
+    dt = results[ORDER[-1]]["last"] - t0
+    stage = {q.stream.removeprefix("SQ_"): q.consumer for q in subjects.WORK_QUEUES}
+    cpu = {stage[k]: v["cpu_seconds"] for k, v in results.items()} | {"nats-server": nats_cpu}
+    return {"items": n, "seconds": dt, "items_per_s": n / dt, "admitted_per_s": n / (published - t0),
+            "cpu_seconds": cpu, "cpu_ms_per_item": {k: 1000 * v / n for k, v in cpu.items()},
+            "cpu_utilization": sum(cpu.values()) / dt / (os.cpu_count() or 1),
+            "messages": {stage[k]: v["messages"] for k, v in results.items()}}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ profile
 def start_profilers(pids: dict[str, int], out_dir: Path) -> dict[str, subprocess.Popen]:
     spy = shutil.which("py-spy")
@@ -304,20 +373,28 @@ async def run(args) -> dict:
     variants = ["default", *[v for v in args.filter_variants if v != "default"]]
     reps: list[dict] = []
     profile: dict[str, dict[str, float]] = {}
+    envelopes = {"SQ_ENVELOPE_MAX_ITEMS": str(args.envelope_items)}
     try:
         for r in range(args.repeats):
             rep: dict[str, Any] = {}
             print(f"[repeat {r + 1}/{args.repeats}] raw NATS ...", flush=True)
             rep["raw"] = await raw_nats(base / f"r{r}", args.raw_messages, args.batch_size * args.concurrency,
                                         args.batch_size)  # fmt: skip
+            rep["relay"] = {}
+            for mode, n, env in (("envelopes", args.relay_items, args.envelope_items),
+                                 ("single messages", max(1, args.relay_items // 3), 1)):  # fmt: skip
+                print(f"[repeat {r + 1}/{args.repeats}] queue layer alone, {mode} ({n} items) ...", flush=True)
+                rep["relay"][mode] = await relay_chain(base / f"r{r}-relay-{env}", n, args.batch_size,
+                                                       args.concurrency, env)  # fmt: skip
+                print(f"    {rep['relay'][mode]['items_per_s']:.0f} items/s", flush=True)
             print(f"[repeat {r + 1}/{args.repeats}] per stage ({args.stage_items} items) ...", flush=True)
             rep["stages"] = await per_stage(base / f"r{r}-stages", args.stage_items, args.batch_size,
-                                            args.concurrency, {})  # fmt: skip
+                                            args.concurrency, envelopes)  # fmt: skip
             rep["e2e"] = {}
             for v in variants:
                 print(f"[repeat {r + 1}/{args.repeats}] end to end, {v} ({args.items} items) ...", flush=True)
                 rep["e2e"][v] = await end_to_end(base / f"r{r}-e2e-{v}", args.items, args.outstanding,
-                                                 args.batch_size, args.concurrency, VARIANTS[v])  # fmt: skip
+                                                 args.batch_size, args.concurrency, envelopes | VARIANTS[v])  # fmt: skip
                 print(f"    {rep['e2e'][v]['items_per_s']:.0f} items/s", flush=True)
             reps.append(rep)
         if args.profile:
@@ -325,7 +402,7 @@ async def run(args) -> dict:
             print("[profile] end to end, default, sampled by py-spy ...", flush=True)
             prof = base / "profile"
             await end_to_end(base / "profiled", args.items, args.outstanding, args.batch_size, args.concurrency,
-                             VARIANTS["default"], prof)  # fmt: skip
+                             envelopes, prof)  # fmt: skip
             for name in STAGES:
                 f = prof / f"{name}.txt"
                 if f.exists():
@@ -345,6 +422,10 @@ def summarize(reps: list[dict], variants: list[str]) -> dict:
                     "cpu_utilization": median(r["e2e"][v]["cpu_utilization"] for r in reps)}
                 for v in variants}  # fmt: skip
     s["hop_ratio"] = median(r["e2e"]["default"]["items_per_s"] / r["raw"]["hop_per_s"] for r in reps)
+    s["relay"] = {m: {"items_per_s": median(r["relay"][m]["items_per_s"] for r in reps),
+                      "cpu_ms_per_item": median(sum(r["relay"][m]["cpu_ms_per_item"].values()) for r in reps),
+                      "cpu_utilization": median(r["relay"][m]["cpu_utilization"] for r in reps)}
+                  for m in reps[0].get("relay", {})}  # fmt: skip
     return s
 
 
@@ -354,6 +435,14 @@ def report(res: dict, args) -> None:
     print(table(["raw nats-py (1 connection, 300 B)", "msgs/s median (min-max)"],
                 [[k.replace("_per_s", ""), spread([r["raw"][k] for r in reps])] for k in reps[0]["raw"]],
                 "Raw JetStream rates on this machine"))  # fmt: skip
+    if reps[0].get("relay"):
+        modes = list(reps[0]["relay"])
+        print(table(["five pass-through stages", "items/s median (min-max)", "CPU ms/item (all processes)",
+                     "CPU used (of all cores)"],
+                    [[m, spread([r["relay"][m]["items_per_s"] for r in reps]),
+                      median(sum(r["relay"][m]["cpu_ms_per_item"].values()) for r in reps),
+                      f"{median(r['relay'][m]['cpu_utilization'] for r in reps):.0%}"] for m in modes],
+                    "Queue layer alone: StageWorker + NATS, no stage logic, no engine"))  # fmt: skip
     print(table(["stage (alone, draining a full queue)", "items", "items/s median (min-max)", "CPU ms/item"],
                 [[n, reps[0]["stages"][n]["items"], spread([r["stages"][n]["items_per_s"] for r in reps]),
                   median(r["stages"][n]["cpu_ms_per_item"] for r in reps)] for n in STAGES],
@@ -386,7 +475,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="SQ_BATCH_SIZE of the stages (16 is the shipped default)")
     p.add_argument("--concurrency", type=int, default=2, help="SQ_WORKER_CONCURRENCY of every service")
     p.add_argument("--raw-messages", type=int, default=20_000)
-    p.add_argument("--filter-variants", nargs="*", default=["no-neardup"], choices=list(VARIANTS))
+    p.add_argument("--relay-items", type=int, default=30_000, help="items through the pass-through chain")
+    p.add_argument("--envelope-items", type=int, default=64, help="SQ_ENVELOPE_MAX_ITEMS (64 is the shipped default)")
+    p.add_argument("--filter-variants", nargs="*", default=["no-neardup", "no-envelopes"], choices=list(VARIANTS),
+                   help="end-to-end runs with other settings besides the default")
     p.add_argument("--profile", action="store_true", help="py-spy profile of the first end-to-end run")
     args = p.parse_args()
     res = asyncio.run(run(args))

@@ -29,13 +29,18 @@ def panel_orchestration(ax, doc: dict) -> None:
     for k, v in s["raw"].items():
         labels.append(f"raw {k.replace('_per_s', '')}")
         values.append(v)
+    relay = s.get("relay", {})
+    for name, v in relay.items():
+        labels.append(f"queue layer alone ({name})")
+        values.append(v["items_per_s"])
     for name, v in s["stages"].items():
         labels.append(f"{name} alone")
         values.append(v["items_per_s"])
     for name, v in s["e2e"].items():
         labels.append(f"end to end ({name})")
         values.append(v["items_per_s"])
-    colors = ["#999999"] * len(s["raw"]) + ["#4c72b0"] * len(s["stages"]) + ["#dd8452"] * len(s["e2e"])
+    colors = (["#999999"] * len(s["raw"]) + ["#55a868"] * len(relay) + ["#4c72b0"] * len(s["stages"])
+              + ["#dd8452"] * len(s["e2e"]))  # fmt: skip
     ax.barh(labels[::-1], values[::-1], color=colors[::-1])
     ax.axvline(5000, color="red", linestyle="--", linewidth=1, label="target 5,000 items/s")
     ax.set_xscale("log")

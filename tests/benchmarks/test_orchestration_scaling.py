@@ -58,7 +58,8 @@ def test_table_and_spread():
 @pytest.mark.parametrize(
     "module,args",
     [
-        ("orchestration", ["--items", "60", "--stage-items", "40", "--raw-messages", "400", "--filter-variants"]),
+        ("orchestration", ["--items", "60", "--stage-items", "40", "--raw-messages", "400", "--relay-items", "300",
+                           "--filter-variants"]),
         ("scaling", ["--items", "40", "--replicas", "1", "2", "--engines", "cpu"]),
     ],
 )
@@ -74,6 +75,10 @@ def test_benchmark_command_runs_and_writes_json(tmp_path, module, args):
         e2e = doc["results"]["summary"]["e2e"]["default"]
         assert e2e["items_per_s"] > 0
         assert set(doc["results"]["summary"]["stages"]) == {"questiongen", "filter", "solver", "reward", "coordinator"}
+        relay = doc["results"]["repeats"][0]["relay"]
+        assert set(relay) == {"envelopes", "single messages"} and relay["envelopes"]["items"] == 300
+        # every item went through all five pass-through stages; envelopes carried several each
+        assert relay["envelopes"]["messages"]["coordinator"] < 300 <= relay["single messages"]["messages"]["filter"] * 3
     else:
         assert set(doc["results"]["summary"]["cpu"]) == {"1", "2"}
 
