@@ -102,16 +102,18 @@ def bounds(summary: dict, args) -> dict[str, str]:
         ns = [str(n) for n in args.replicas]
         best = max(ns, key=lambda n: by_n[n]["items_per_s"])
         gains = [by_n[b]["items_per_s"] / by_n[a]["items_per_s"] for a, b in pairwise(ns)]
-        flat_from = next((b for (_a, b), g in zip(pairwise(ns), gains) if g < 1.15), None)
-        cpu = by_n[flat_from or ns[-1]]["cpu_used"]
-        if flat_from is None:
+        # The last replica count that still gained (>= 15%) over the one before it.
+        flat = next(((a, b) for (a, b), g in zip(pairwise(ns), gains) if g < 1.15), None)
+        if flat is None:
             out[engine] = f"still growing at {ns[-1]} replicas ({by_n[ns[-1]]['speedup']:.2f}x of {ns[0]})"
-        elif cpu >= 0.85:
-            out[engine] = (f"flat from {flat_from} replicas at {by_n[best]['items_per_s']:.0f} items/s: CPU bound, "
-                           f"{cpu:.0%} of {os.cpu_count()} cores busy")  # fmt: skip
+            continue
+        last, more = flat
+        cpu = by_n[last]["cpu_used"]
+        head = f"stops growing after {last} replicas ({more} add nothing) at {by_n[best]['items_per_s']:.0f} items/s"
+        if cpu >= 0.85:
+            out[engine] = f"{head}: CPU bound, {cpu:.0%} of {os.cpu_count()} cores busy"
         else:
-            out[engine] = (f"flat from {flat_from} replicas at {by_n[best]['items_per_s']:.0f} items/s with "
-                           f"{cpu:.0%} of the cores busy: not CPU; another stage or NATS round trips")  # fmt: skip
+            out[engine] = f"{head} with {cpu:.0%} of the cores busy: not CPU; another stage or NATS round trips"
     return out
 
 

@@ -35,7 +35,7 @@ def test_scaling_bound_says_cpu_bound_or_not():
     cpu_bound = {"cpu": {"1": {"items_per_s": 100, "speedup": 1, "cpu_used": 0.5},
                          "2": {"items_per_s": 180, "speedup": 1.8, "cpu_used": 0.95},
                          "4": {"items_per_s": 185, "speedup": 1.85, "cpu_used": 0.97}}}  # fmt: skip
-    assert "flat from 4 replicas" in scaling.bounds(cpu_bound, args)["cpu"]
+    assert "stops growing after 2 replicas (4 add nothing)" in scaling.bounds(cpu_bound, args)["cpu"]
     assert "CPU bound" in scaling.bounds(cpu_bound, args)["cpu"]
     growing = {"latency": {"1": {"items_per_s": 100, "speedup": 1, "cpu_used": 0.1},
                            "2": {"items_per_s": 200, "speedup": 2, "cpu_used": 0.2},
