@@ -30,9 +30,11 @@ async def build(settings: FilterSettings, infra: Infra, engine=None) -> StageSer
     engine = engine or await engine_from_settings(settings)
     counters = infra.counters(STAGE)
     kv = await dedup_kv(infra.js)
+    flushers = []
     if settings.dedup_protocol == "log":
         claims = ClaimLog(infra.js, kv, DEDUP_BUCKET, neardup_config(settings))
         dedup, neardup = claims.exact, (claims.near if settings.neardup_enabled else None)
+        flushers.append(claims.close)  # its log watchers go before the connection drains
     else:
         dedup = KVDedupIndex(kv)
         neardup = KVNearDupIndex(kv, neardup_config(settings)) if settings.neardup_enabled else None
@@ -58,7 +60,7 @@ async def build(settings: FilterSettings, infra: Infra, engine=None) -> StageSer
         STAGE, settings, servicers=[(api_grpc.add_FilterServiceServicer_to_server, FilterServicer(stage), SERVICE_NAME)]
     )
     spec = WorkerSpec(subjects.FILTER, decoder(pb.Question), stage.handle)
-    return StageService(STAGE, settings, server, infra, spec, counters)
+    return StageService(STAGE, settings, server, infra, spec, counters, flushers=flushers)
 
 
 def neardup_config(settings: FilterSettings) -> MinHashConfig:
