@@ -301,8 +301,8 @@ async def relay_chain(workdir: Path, n: int, batch: int, concurrency: int, envel
         t0 = time.time()
         window = 2048  # tasks per admission round, like max_outstanding
         for i in range(0, n, window):
-            packs = envelope.pack(payloads[i : i + window], ids[i : i + window], max_items=envelope_items,
-                                  max_bytes=512 * 1024)  # fmt: skip
+            packs = envelope.messages(payloads[i : i + window], ids[i : i + window], max_items=envelope_items,
+                                      max_bytes=512 * 1024)  # fmt: skip
             await asyncio.gather(*(js.publish(subjects.GENERATE.subject, pk.payload, headers=pk.headers) for pk in packs))
         published = time.time()
         results = {}

@@ -34,14 +34,18 @@ OVERHEAD_BYTES = 1024
 
 @dataclass
 class Packed:
-    """One envelope to publish and the indices (into the input list) of the outputs it carries."""
+    """One message to publish and the indices (into the input list) of the items it carries:
+    an envelope, or a single item as it is (``envelope`` False)."""
 
     payload: bytes
     msg_id: str
     members: list[int]
+    envelope: bool = True
 
     @property
     def headers(self) -> dict[str, str]:
+        if not self.envelope:
+            return {"Nats-Msg-Id": self.msg_id}
         return {H_ENVELOPE: str(len(self.members)), "Nats-Msg-Id": self.msg_id}
 
 
@@ -103,3 +107,11 @@ def pack(payloads: Sequence[bytes], msg_ids: Sequence[str], *, max_items: int, m
     if members:
         close()
     return out
+
+
+def messages(payloads: Sequence[bytes], msg_ids: Sequence[str], *, max_items: int, max_bytes: int) -> list[Packed]:
+    """The messages that carry ``payloads`` (all for one subject): envelopes (:func:`pack`), or
+    the items as they are when there is only one or ``max_items`` is 1 (envelopes off)."""
+    if max_items <= 1 or len(payloads) == 1:
+        return [Packed(p, m, [i], envelope=False) for i, (p, m) in enumerate(zip(payloads, msg_ids))]
+    return pack(payloads, msg_ids, max_items=max_items, max_bytes=max_bytes)

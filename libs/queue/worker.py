@@ -97,7 +97,6 @@ class _Held:
     deliveries: int
     seq: int
     env: Any  # scalequest.common.v1.Envelope | None
-    total: int = 1
     dead: int = 0  # items dead-lettered
     done: list = field(default_factory=list)  # (work, outputs) whose outputs are stored
     retry: list = field(default_factory=list)  # works to run again
@@ -106,13 +105,16 @@ class _Held:
     failed: str | None = None  # set when something could not be stored: nak the whole envelope
     finished: bool = False
 
+    @property
+    def total(self) -> int:
+        return 1 if self.env is None else len(self.env.items)
+
 
 @dataclass
 class _Work(Generic[T]):
     held: _Held
     item: T
     deliveries: int
-    seq: int
     item_id: str
     index: int = -1  # position in its envelope; -1 for a message of its own
     raw: bytes = b""
@@ -403,7 +405,7 @@ class StageWorker(Generic[T]):
                                         f"{len(msg.data)} bytes > limit {self.max_message_bytes}")  # fmt: skip
                 continue
             if not envelope.is_envelope(msg.headers):
-                h = _Held(msg, deliveries, seq, None, total=1)
+                h = _Held(msg, deliveries, seq, None)
                 w = await self._unpack(h, msg.data, -1, deliveries)
                 if w is not None:
                     works.append(w)
@@ -420,7 +422,7 @@ class StageWorker(Generic[T]):
                 except Exception as e:  # noqa: BLE001 -- it comes back after ack_wait anyway
                     log.debug("worker %s: nak of an early retry envelope failed: %s", self.stage, _describe(e))
                 continue
-            h = _Held(msg, deliveries, seq, env, total=len(env.items))
+            h = _Held(msg, deliveries, seq, env)
             held.append(h)
             # A retry envelope's first delivery usually comes before its back-off ends and is
             # nak'ed above without an attempt: that delivery is not one of the items'.
@@ -488,12 +490,12 @@ class StageWorker(Generic[T]):
             item = self._decode(raw)
         except PoisonMessage as e:  # the decoder knows better (e.g. unknown_schema_version)
             name = self._id_of(e.item, where) if e.item is not None else where
-            await self._dead(_Work(h, None, deliveries, seq, name, index, raw), e.reason, e.detail, item=e.item)
+            await self._dead(_Work(h, None, deliveries, name, index, raw), e.reason, e.detail, item=e.item)
             return None
         except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
-            await self._dead(_Work(h, None, deliveries, seq, where, index, raw), REASON_MALFORMED, _describe(e))
+            await self._dead(_Work(h, None, deliveries, where, index, raw), REASON_MALFORMED, _describe(e))
             return None
-        w = _Work(h, item, deliveries, seq, self._id_of(item, where), index, raw)
+        w = _Work(h, item, deliveries, self._id_of(item, where), index, raw)
         if deliveries > self.max_deliver:
             await self._dead(
                 w, REASON_MAX_DELIVER,
@@ -520,8 +522,8 @@ class StageWorker(Generic[T]):
     async def _store_outputs(self, works: list[_Work[T]], results: list[Any]) -> dict[int, BaseException | None]:
         """Publish every output of the batch; per work index, None (all stored) or the first error.
 
-        With ``envelope_max_items > 1`` the outputs without headers are packed per subject into
-        envelopes (``libs/queue/envelope.py``); the others are published one by one."""
+        Outputs without headers of their own go out per subject as :func:`envelope.messages`
+        (envelopes when ``envelope_max_items > 1``); the others are published one by one."""
         single: list[tuple[int, Publish]] = []
         groups: dict[str, list[tuple[int, Publish]]] = {}
         stored: dict[int, BaseException | None] = {}
@@ -530,19 +532,16 @@ class StageWorker(Generic[T]):
                 continue
             stored[k] = None
             for p in r:
-                if self.envelope_max_items > 1 and not p.headers:
-                    groups.setdefault(p.subject, []).append((k, p))
-                else:
+                if p.headers:  # headers of its own: published as it is
                     single.append((k, p))
+                else:
+                    groups.setdefault(p.subject, []).append((k, p))
         jobs: list[tuple[list[int], Awaitable[Any]]] = [([k], self._publish(p)) for k, p in single]
         for subject, outs in groups.items():
-            if len(outs) == 1:
-                jobs.append(([outs[0][0]], self._publish(outs[0][1])))
-                continue
-            packs = envelope.pack([p.payload for _, p in outs], [p.msg_id for _, p in outs],
-                                  max_items=self.envelope_max_items, max_bytes=self.envelope_max_bytes)  # fmt: skip
+            packs = envelope.messages([p.payload for _, p in outs], [p.msg_id for _, p in outs],
+                                      max_items=self.envelope_max_items, max_bytes=self.envelope_max_bytes)  # fmt: skip
             for pk in packs:
-                jobs.append(([outs[i][0] for i in pk.members], self._publish_envelope(subject, pk)))
+                jobs.append(([outs[i][0] for i in pk.members], self._publish_packed(subject, pk)))
         results_ = await asyncio.gather(*(j for _, j in jobs), return_exceptions=True)
         for (members, _), r in zip(jobs, results_):
             if isinstance(r, BaseException):
@@ -555,9 +554,10 @@ class StageWorker(Generic[T]):
                 self._stats.published += len(members)
         return stored
 
-    async def _publish_envelope(self, subject: str, pk: envelope.Packed) -> bool:
+    async def _publish_packed(self, subject: str, pk: envelope.Packed) -> bool:
+        """Publish one message of :func:`envelope.messages`; True when the stream already had it."""
         ack = await self._js.publish(subject, pk.payload, timeout=self.publish_timeout, headers=pk.headers)
-        self._stats.envelopes += 1
+        self._stats.envelopes += pk.envelope
         return bool(getattr(ack, "duplicate", False))
 
     async def _settle(self, w: _Work[T], result: Any, batch_error: BaseException | None, stored: Any) -> None:
@@ -687,10 +687,10 @@ class StageWorker(Generic[T]):
         """Dead-letter one item: a whole message, or one item of an envelope (on its own)."""
         h = w.held
         if h.env is None:
-            await self._dead_letter(h.msg, w.deliveries, w.seq, w.item_id, reason, detail, item=item)
+            await self._dead_letter(h.msg, w.deliveries, h.seq, w.item_id, reason, detail, item=item)
             return
         ok = await self._store_dead_letter(
-            h.msg, w.raw, f"dlq.{self.stage}.{w.seq}.{w.index}", w.deliveries, w.item_id, reason, detail, item
+            h.msg, w.raw, f"dlq.{self.stage}.{h.seq}.{w.index}", w.deliveries, w.item_id, reason, detail, item
         )
         if not ok:
             h.failed = f"dead letter of {w.item_id} not stored"

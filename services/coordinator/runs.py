@@ -370,20 +370,17 @@ class RunManager:
             payloads.append(task.SerializeToString())
         # Tasks go out in envelopes (libs/queue/envelope.py) whose ids hash the task ids: the
         # same packing on a retry, so a stored envelope is deduplicated.
-        pending: dict[str, tuple[bytes, dict[str, str]]] = {}
-        if self.settings.envelope_max_items > 1 and n > 1:
-            for pk in envelope.pack(payloads, ids, max_items=self.settings.envelope_max_items,
-                                    max_bytes=envelope_bytes(self.settings.queue_max_message_bytes)):  # fmt: skip
-                pending[pk.msg_id] = (pk.payload, pk.headers)
-        else:
-            pending = {i: (p, {"Nats-Msg-Id": i}) for i, p in zip(ids, payloads)}
+        packs = envelope.messages(payloads, ids, max_items=self.settings.envelope_max_items,
+                                  max_bytes=envelope_bytes(self.settings.queue_max_message_bytes))  # fmt: skip
+        pending = {pk.msg_id: pk for pk in packs}
         delay = 0.2
         while pending:
             keys = list(pending)
             results = await asyncio.gather(
-                *(self.js.publish(subjects.GENERATE.subject, pending[k][0], headers=pending[k][1]) for k in keys),
+                *(self.js.publish(subjects.GENERATE.subject, pending[k].payload, headers=pending[k].headers)
+                  for k in keys),
                 return_exceptions=True,
-            )
+            )  # fmt: skip
             failed = [r for r in results if isinstance(r, BaseException)]
             for k, r in zip(keys, results):
                 if not isinstance(r, BaseException):

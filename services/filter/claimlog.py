@@ -278,10 +278,6 @@ class _NearView:
     def __init__(self, log_: ClaimLog) -> None:
         self._log = log_
 
-    @property
-    def config(self) -> MinHashConfig:
-        return self._log.config
-
     async def claim(self, scope: str, item_id: str, text: str) -> NearDupMatch | None:
         """None when ``text`` is no near duplicate of a kept claim before it, else the best match."""
         sig = self._log.config.signature(text)
