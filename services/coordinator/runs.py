@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from google.protobuf.json_format import MessageToDict, ParseDict
 from scalequest.common.v1 import items_pb2 as pb
 
+from libs.aio import gather_eager
 from libs.errors import InvalidArgument, NotFound, TransientError
 from libs.items import DEAD_LETTER_PREFIX, SCHEMA, item_ids, task_seed
 from libs.queue import envelope, ledger, subjects
@@ -399,7 +400,7 @@ class RunManager:
         """Sink adapter entry: returns once each record is durable (then the worker acks)."""
         self._sink_busy += 1
         try:
-            return list(await asyncio.gather(*(self._outcome(o) for o in outcomes), return_exceptions=True))
+            return await gather_eager((self._outcome(o) for o in outcomes), return_exceptions=True)
         finally:
             self._sink_busy -= 1
 

@@ -26,12 +26,12 @@ as near_duplicate of it; that window is the price of not judging every duplicate
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass, field
 
 from scalequest.common.v1 import items_pb2 as pb
 
+from libs.aio import gather_eager
 from libs.engines.base import Engine, SamplingSpec
 from libs.items import RUN_CLOSED, forward, rejection
 from libs.queue import subjects
@@ -178,7 +178,7 @@ class FilterStage:
         return res
 
     async def handle(self, items: list[pb.Question]) -> list[list[Publish] | BaseException]:
-        return list(await asyncio.gather(*(self._one(q) for q in items), return_exceptions=True))
+        return await gather_eager((self._one(q) for q in items), return_exceptions=True)
 
     async def _one(self, q: pb.Question) -> list[Publish]:
         if self.runs and await self.runs.is_closed(q.run_id):

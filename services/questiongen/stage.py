@@ -12,11 +12,11 @@ reason (``rewrite_no_marker``, ``rewrite_empty``, ``rewrite_unchanged``, ``rewri
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from scalequest.common.v1 import items_pb2 as pb
 
+from libs.aio import gather_eager
 from libs.engines.base import Engine, SamplingSpec
 from libs.items import RUN_CLOSED, SCHEMA, forward, rejection
 from libs.queue import subjects
@@ -92,7 +92,7 @@ class QuestionGenStage:
 
     async def handle(self, tasks: list[pb.GenerateTask]) -> list[list[Publish] | BaseException]:
         """Queue adapter entry: one output list per task, all tasks sampled concurrently."""
-        return list(await asyncio.gather(*(self._one(t) for t in tasks), return_exceptions=True))
+        return await gather_eager((self._one(t) for t in tasks), return_exceptions=True)
 
     async def _one(self, task: pb.GenerateTask) -> list[Publish]:
         if self.runs and await self.runs.is_closed(task.run_id):

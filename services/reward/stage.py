@@ -18,6 +18,7 @@ import math
 
 from scalequest.common.v1 import items_pb2 as pb
 
+from libs.aio import gather_eager
 from libs.answers import group_equivalent
 from libs.engines.base import Engine, SamplingSpec
 from libs.engines.pooling import ScoringEngine
@@ -110,11 +111,11 @@ class RewardStage:
         shares = agreement_shares(labels)
         # Candidates without an answer can never be selected: don't spend a judge call on them.
         if self.judging:
-            judge_task = asyncio.gather(*(self.judge_score(question, c.text) if c.answer else _zero() for c in scored))
+            judge_task = gather_eager(self.judge_score(question, c.text) if c.answer else _zero() for c in scored)
         else:
             judge_task = _zeros(len(scored))
         rm_task = self.rm_scores(question, scored) if self.reward_model is not None else _nones(len(scored))
-        judged, rms = await asyncio.gather(judge_task, rm_task)
+        judged, rms = await gather_eager((judge_task, rm_task))
         w_j = self.settings.judge_weight if self.judging else 0.0
         w_r = self.settings.reward_model_weight if self.reward_model is not None else 0.0
         w_a = self.settings.agreement_weight
@@ -131,7 +132,7 @@ class RewardStage:
     async def handle(self, items: list[pb.SolvedQuestion]) -> list[list[Publish] | BaseException]:
         # Answer equivalence (sympy) off the event loop, in one thread hop for the whole batch.
         labels = await asyncio.to_thread(_group_all, items)
-        return list(await asyncio.gather(*(self._one(s, lab) for s, lab in zip(items, labels)), return_exceptions=True))
+        return await gather_eager((self._one(s, lab) for s, lab in zip(items, labels)), return_exceptions=True)
 
     async def _one(self, s: pb.SolvedQuestion, labels: list[int] | BaseException | None = None) -> list[Publish]:
         q = s.question

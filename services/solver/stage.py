@@ -7,10 +7,10 @@ a ``Rejection`` (reason ``no_answer``) on ``scalequest.work.sink``.
 
 from __future__ import annotations
 
-import asyncio
 
 from scalequest.common.v1 import items_pb2 as pb
 
+from libs.aio import gather_eager
 from libs.answers import extract_answer
 from libs.engines.base import Engine, SamplingSpec
 from libs.items import RUN_CLOSED, SCHEMA, forward, rejection
@@ -86,10 +86,10 @@ class SolverStage:
                 text=c.text.strip(), answer=answer, num_tokens=c.num_tokens, finish_reason=c.finish_reason, seed=seed + i
             )
 
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+        return await gather_eager(one(i) for i in range(n))
 
     async def handle(self, items: list[pb.Question]) -> list[list[Publish] | BaseException]:
-        return list(await asyncio.gather(*(self._one(q) for q in items), return_exceptions=True))
+        return await gather_eager((self._one(q) for q in items), return_exceptions=True)
 
     async def _one(self, q: pb.Question) -> list[Publish]:
         if self.runs and await self.runs.is_closed(q.run_id):
