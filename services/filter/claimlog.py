@@ -119,18 +119,18 @@ class _Fold:
         sig = _decode_sig(data)
         keys = self.config.band_keys(sig)
         best: NearDupMatch | None = None
-        seen: set[str] = set()
-        for k in keys:
-            for m in self.bands.get(k, ()):
-                if m in seen:
-                    continue
-                seen.add(m)
-                other = self.sigs.get(m)
-                if other is None or len(other) != len(sig):  # not kept (dup or released)
-                    continue
-                s = similarity(sig, other)
-                if s >= self.config.threshold and (best is None or s > best.similarity):
-                    best = NearDupMatch(m, s)
+        # Every kept claimant that shares a band, once, in claim order; compared in one go.
+        bands, sigs, n = self.bands, self.sigs, len(sig)
+        cands = [m for m in dict.fromkeys(m for k in keys for m in bands.get(k, ())) if len(sigs.get(m, ())) == n]
+        if cands:
+            others = [sigs[m] for m in cands]
+            if len(others) == 1:
+                hits = [np.count_nonzero(others[0] == sig)]
+            else:
+                hits = np.count_nonzero(np.stack(others) == sig, axis=1).tolist()
+            top = max(range(len(cands)), key=hits.__getitem__)  # the first of equals wins
+            if hits[top] / n >= self.config.threshold:
+                best = NearDupMatch(cands[top], hits[top] / n)
         if best is not None:
             self.status[item] = "dup"
             self.matches[item] = best

@@ -12,8 +12,8 @@ keep who-does-what ("A is twice B's age" vs "B is twice A's age"); scripts/eval_
 measures these choices on tests/fixtures/neardup_labelled.jsonl.
 
 Signatures are ``num_perm`` 32-bit MinHash values from deterministic hashing (CRC-32 of each
-feature, mixed with one blake2b-derived seed per hash function), so every replica and every
-Python process computes the same signature. LSH cuts the first ``bands *
+feature, then one multiply-add-shift per hash function with blake2b-derived constants), so
+every replica and every Python process computes the same signature. LSH cuts the first ``bands *
 rows`` values into ``bands`` bands; two questions become candidates when one whole band is
 equal, and a candidate is a duplicate when the signatures' estimated Jaccard (the share of
 equal values) is at least ``threshold``.
@@ -53,7 +53,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from services.filter.checks import normalize_typography
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 # Words, numbers and the operators and relations that make "2 + 3" and "2 - 3" different questions.
 _TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?|[-+*/^=<>!%]")
 _OPERATORS = frozenset("-+*/^=<>!%")
@@ -86,59 +86,86 @@ def canonical_tokens(text: str) -> list[str]:
     return out
 
 
-def features(text: str, shingle: int = 2, number_weight: int = 8) -> set[str]:
-    """The feature set whose Jaccard similarity defines "near duplicate" (see the module doc)."""
+def _parts(text: str, shingle: int) -> tuple[list[str], Counter[str]]:
+    """The word ``shingle``-grams of ``text`` and its math items (numbers, and each operator
+    with its operands: "12 + 7" vs "12 - 7") with their counts."""
     toks = canonical_tokens(text)
     if len(toks) >= shingle:
-        feats = {" ".join(toks[i : i + shingle]) for i in range(len(toks) - shingle + 1)}
+        grams = [" ".join(toks[i : i + shingle]) for i in range(len(toks) - shingle + 1)]
     else:
-        feats = {" ".join(toks)} if toks else {""}
-    # Numbers (a multiset: order-free, so reordered sentences keep them) and each operator with
-    # its operands ("12 + 7" vs "12 - 7"), both weighted.
+        grams = [" ".join(toks)] if toks else [""]
     math = Counter(t for t in toks if t[0].isdigit())
     math.update(f"{toks[i - 1]}{t}{toks[i + 1]}" for i, t in enumerate(toks[1:-1], 1) if t in _OPERATORS)
+    return grams, math
+
+
+def features(text: str, shingle: int = 2, number_weight: int = 8) -> set[str]:
+    """The feature set whose Jaccard similarity defines "near duplicate" (see the module doc):
+    the word grams, and each math item's every occurrence ``number_weight`` times (a multiset:
+    order-free, so reordered sentences keep them)."""
+    grams, math = _parts(text, shingle)
+    feats = set(grams)
     for item, c in math.items():
         for occurrence in range(c):
             feats.update(f"#{item}#{occurrence}#{w}" for w in range(number_weight))
     return feats
 
 
+@lru_cache(maxsize=4)
+def _weight_suffixes(number_weight: int) -> tuple[bytes, ...]:
+    return tuple(str(w).encode() for w in range(number_weight))
+
+
+def feature_hashes(text: str, shingle: int = 2, number_weight: int = 8) -> np.ndarray:
+    """One 32-bit CRC per element of ``features(text, ...)``, the same in every process, without
+    building the weighted feature strings: CRC-32 continues over a suffix
+    (``crc32(b, crc32(a)) == crc32(a + b)``), so each weighted copy of a math item costs one
+    short CRC step. MinHash only needs distinct values per feature (two of a question's ~60
+    features collide with probability ~1e-6): the randomness comes from the hash functions of
+    ``minhash_of_hashes``. CRC-32 is about 7x cheaper than blake2b per feature (version 1 used
+    blake2b)."""
+    grams, math = _parts(text, shingle)
+    out = {zlib.crc32(g.encode()) for g in grams}
+    suffixes = _weight_suffixes(number_weight)
+    for item, c in math.items():
+        for occurrence in range(c):
+            head = zlib.crc32(f"#{item}#{occurrence}#".encode())
+            out.update(zlib.crc32(w, head) for w in suffixes)
+    return np.fromiter(out, dtype=np.uint64, count=len(out))
+
+
 def _h64(data: bytes, person: bytes = b"") -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=person).digest(), "little")
 
 
-def _feature_hashes(feats: set[str]) -> np.ndarray:
-    """One 32-bit CRC per feature, the same in every process. MinHash only needs distinct
-    values per feature (two of a question's ~60 features collide with probability ~1e-6): the
-    randomness comes from mixing them with each hash function's seed (``_mix64``). CRC-32 is
-    C code and about 7x cheaper than blake2b per feature, which was a third of the filter's CPU
-    (features version 2; version 1 used blake2b)."""
-    return np.fromiter((zlib.crc32(f.encode()) for f in feats), dtype=np.uint64, count=len(feats))
-
-
 @lru_cache(maxsize=8)
-def _seeds(num_perm: int) -> np.ndarray:
-    """One fixed 64-bit seed per hash function, from blake2b (the same in every process)."""
-    return np.array([_h64(f"perm{i}".encode(), b"sq-minhash") for i in range(num_perm)], dtype=np.uint64)
+def _hash_family(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers (odd) and offsets of the ``num_perm`` hash functions, from blake2b: the same
+    in every process."""
+    a = np.array([_h64(f"perm{i}".encode(), b"sq-minhash-a") | 1 for i in range(num_perm)], dtype=np.uint64)
+    b = np.array([_h64(f"perm{i}".encode(), b"sq-minhash-b") for i in range(num_perm)], dtype=np.uint64)
+    return a, b
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer: a bijective 64-bit mix with full avalanche (uint64 wrap-around)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def minhash_of_hashes(x: np.ndarray, num_perm: int) -> np.ndarray:
+    """MinHash signature (``num_perm`` uint32 values) of a set given by its 32-bit feature hashes.
+
+    Hash function ``i`` is Dietzfelbinger's multiply-add-shift ``(a_i * x + b_i) mod 2**64 >> 32``
+    with a random odd ``a_i`` and a random ``b_i``: strongly universal for 32-bit keys, and two
+    vectorized operations per value where version 2's SplitMix64 took eight (features version
+    3). On the labelled pairs over 12 seed sets the F1 is the same (mean 0.890 vs 0.888) and
+    Jaccard estimates are as close (mean absolute error 0.035 vs 0.033, 200 random pairs)."""
+    a, b = _hash_family(num_perm)
+    with np.errstate(over="ignore"):
+        z = x[:, None] * a[None, :]
+        z += b[None, :]
+    return (z.min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
 
 def minhash(feats: set[str], num_perm: int) -> np.ndarray:
-    """MinHash signature (``num_perm`` uint32 values) of a feature set; deterministic everywhere.
-
-    Hash function ``i`` of a feature is ``mix64(crc32(feature) ^ seed_i)``; the signature keeps
-    the low 32 bits of each minimum (equal minima stay equal; unequal ones collide with
-    probability 2**-32)."""
-    x = _feature_hashes(feats)
-    with np.errstate(over="ignore"):
-        values = _mix64(x[:, None] ^ _seeds(num_perm)[None, :])
-    return (values.min(axis=0) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    """MinHash signature of a feature set (``minhash_of_hashes`` of its CRCs)."""
+    x = np.fromiter((zlib.crc32(f.encode()) for f in feats), dtype=np.uint64, count=len(feats))
+    return minhash_of_hashes(x, num_perm)
 
 
 def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
@@ -166,6 +193,11 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.2, fn_weigh
         if cost < best_cost - 1e-12:
             best, best_cost = (bands, rows), cost
     return best
+
+
+@lru_cache(maxsize=8)
+def _band_tags(bands: int) -> tuple[bytes, ...]:
+    return tuple(i.to_bytes(2, "little") for i in range(bands))
 
 
 @dataclass(frozen=True)
@@ -198,13 +230,13 @@ class MinHashConfig:
         return hashlib.blake2b(raw.encode(), digest_size=4).hexdigest()
 
     def signature(self, text: str) -> np.ndarray:
-        return minhash(features(text, self.shingle, self.number_weight), self.num_perm)
+        return minhash_of_hashes(feature_hashes(text, self.shingle, self.number_weight), self.num_perm)
 
     def band_keys(self, sig: np.ndarray) -> list[bytes]:
         """In-memory LSH keys of the bands (the band's bytes and its index): no hashing needed."""
         b, r = self.banding
-        rows = sig[: b * r].reshape(b, r)
-        return [rows[i].tobytes() + i.to_bytes(2, "little") for i in range(b)]
+        raw, w = sig[: b * r].tobytes(), 4 * r
+        return [raw[i * w : (i + 1) * w] + tag for i, tag in enumerate(_band_tags(b))]
 
     def band_hashes(self, sig: np.ndarray) -> list[str]:
         b, r = self.banding

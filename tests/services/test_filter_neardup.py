@@ -110,10 +110,16 @@ def test_labelled_set_quality_at_default_settings():
     tp = sum(a and b for a, b in zip(pred, gold))
     precision, recall = tp / sum(pred), tp / sum(gold)
     assert precision >= 0.75 and recall >= 0.9, (precision, recall)
-    # every exact duplicate and every "same template, other numbers" pair is right
+    # Every exact duplicate and every "same template, other numbers" pair is right by the
+    # feature set itself, and MinHash gets it right too unless the pair's Jaccard is within
+    # its estimation noise of the threshold (sd ~0.04 with 128 values; 2 of 12 seed sets
+    # misjudge the "500 liters ... 6 vs 9 hours" pair at exact Jaccard 0.63).
     for p, guess in zip(pairs, pred):
         if p["kind"] in ("exact", "other_numbers", "unrelated"):
-            assert guess == p["dup"], p
+            fa, fb = features(p["a"]), features(p["b"])
+            exact = len(fa & fb) / len(fa | fb)
+            assert (exact >= cfg.threshold) == p["dup"], p
+            assert guess == p["dup"] or abs(exact - cfg.threshold) < 0.06, (p, exact)
 
 
 def test_eval_script_runs():
@@ -201,10 +207,17 @@ async def test_racing_replicas_let_exactly_one_pass(replicas):
         Q,
         Q_REWORDED,
         "A bakery sells 24 muffins in the morning and 18 in the afternoon. How many muffins does the bakery sell in total?",
-        "In the morning a bakery sells 24 muffins and in the afternoon 18. How many muffins does it sell in total?",
-        "A bakery sold 24 muffins in the morning and 18 in the afternoon. How many muffins did it sell in total?",
+        "A bakery sells 24 muffins in the morning and 18 muffins in the afternoon. How many muffins does the bakery sell in total?",
+        "A bakery sells 24 muffins in the morning and 18 in the afternoon. How many muffins does the bakery sell altogether?",
         "A bakery sells 24 muffins in the morning and 18 in the afternoon. In total, how many muffins does it sell?",
     ]
+    # Every pair is a near duplicate well clear of the threshold (Jaccard >= 0.73, a shared
+    # band), so whichever claim the log orders first, it is the only one to pass.
+    cfg = neardup_config(FilterSettings())
+    sigs = [cfg.signature(v) for v in variants]
+    for i, a in enumerate(sigs):
+        for b in sigs[i + 1 :]:
+            assert similarity(a, b) >= cfg.threshold + 0.04 and set(cfg.band_keys(a)) & set(cfg.band_keys(b))
     for rnd in range(3):
         run = f"race{rnd}"
         results = await asyncio.gather(
