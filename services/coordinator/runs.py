@@ -5,8 +5,8 @@
   admits only as many as the observed acceptance rate says are still needed, so backpressure
   reaches the generator and a run stops close to its target.
 - The sink consumes ``Outcome`` messages (``scalequest.work.sink``): exactly one per task.
-  Rejections are counted per (stage, reason) and recorded per item in the ledger
-  (``libs/queue/ledger.py``) before their message is acked; records are buffered and written
+  Rejections are counted per (stage, reason) and recorded in the ledger, one entry per batch
+  (``libs/queue/ledger.py``), before their message is acked; records are buffered and written
   as Parquet shards (at most ``shard_max_records`` rows or ``shard_max_seconds`` old). A
   record's input message is acked only after the shard holding it is durable, and item ids
   are deduplicated against the shards and the ledger, so a crash (of any process, NATS or the
@@ -146,6 +146,8 @@ class RunManager:
         self._sink_busy = 0
         self._last_outcome = time.monotonic()
         self._late_saves: dict[str, asyncio.Task] = {}
+        self._late_ledgers: dict[str, set[str]] = {}
+        self._ledger_batch = ledger.BatchRecorder(self.ledger_kv)
         self.runs: dict[str, Run] = {}
         self._closing = False
         self._background: set[asyncio.Task] = set()
@@ -430,7 +432,11 @@ class RunManager:
             # Durable before the ack: a redelivery after a crash finds the entry.
             run.recording.add(item_id)
             try:
-                stored = await ledger.record(await self.ledger_kv(), run_id, item_id, *key, replace=replacing is not None)
+                if replacing is not None:
+                    stored = await ledger.record(await self.ledger_kv(), run_id, item_id, *key, replace=True)
+                else:  # one ledger entry for the batch's rejections (``seen`` keeps counts exact)
+                    await self._ledger_batch.record(run_id, item_id, *key)
+                    stored = True
             finally:
                 run.recording.discard(item_id)
             if replacing is not None:
@@ -492,8 +498,10 @@ class RunManager:
             key = (o.rejection.stage, o.rejection.reason)
         else:
             key = (STAGE, "over_target")
-        if not await ledger.record(await self.ledger_kv(), run_id, item_id, *key, same_ok=False):
+        recorded = await self._late_recorded(run_id)
+        if item_id in recorded or not await ledger.record(await self.ledger_kv(), run_id, item_id, *key, same_ok=False):
             return []
+        recorded.add(item_id)
 
         def add(st):
             if st is None:
@@ -505,6 +513,18 @@ class RunManager:
 
         await kv_update_json(self.kv, state_key(run_id), add)
         return []
+
+    async def _late_recorded(self, run_id: str) -> set[str]:
+        """Items of an ended run that the ledger has, batch entries included (loaded once per
+        run, for the few runs that still get outcomes): a redelivered late outcome whose first
+        delivery a batch entry recorded must not count twice."""
+        got = self._late_ledgers.get(run_id)
+        if got is None:
+            got = set(await ledger.entries(await self.ledger_kv(), run_id))
+            self._late_ledgers[run_id] = got
+            while len(self._late_ledgers) > 4:
+                self._late_ledgers.pop(next(iter(self._late_ledgers)))
+        return got
 
     def _schedule_late_save(self, run: Run) -> None:
         """Outcomes still arrive after a run ended (work in flight): save the counters again."""

@@ -77,6 +77,31 @@ async def test_target_reached_ends_run_and_announces(js, tmp_path):
     assert read_manifest(store, run_id).state == "completed"
 
 
+async def test_late_outcomes_of_an_ended_run_count_once(js, tmp_path):
+    """A coordinator that did not load an ended run still counts each late outcome once, also
+    one whose first delivery went into a batch entry of the ledger (a crash before its ack)."""
+    from libs.queue.kv import kv_get_json
+    from libs.runstate import state_key
+
+    store = LocalStore(tmp_path)
+    m1 = await manager(js, store)
+    run_id = await m1.start_run(pb.RunConfig(target=1, shard_max_records=10, shard_max_seconds=30))
+    await stop_admission(m1, run_id)
+    await m1.handle_outcomes([record(run_id, 0), reject(run_id, 1)])
+    await m1._finish(m1.runs[run_id], "completed")
+    await m1.handle_outcomes([reject(run_id, 2)])  # in flight at the end
+    await m1.close()
+    before = (await kv_get_json(m1.kv, state_key(run_id)))["finished"]
+    m2 = await manager(js, store)
+    assert await m2.resume_runs() == []  # ended: not loaded
+    # 1 and 2 come again (their acks were lost), 3 is new
+    await m2.handle_outcomes([reject(run_id, 1), reject(run_id, 2), reject(run_id, 3)])
+    await m2.handle_outcomes([reject(run_id, 3)])
+    st = await kv_get_json(m2.kv, state_key(run_id))
+    assert st["finished"] == before + 1 == 4 and st["rejections"]["filter/duplicate"] == 3
+    await m2.close()
+
+
 class FlakyStore(LocalStore):
     fail = True
 
