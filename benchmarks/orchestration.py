@@ -383,19 +383,23 @@ async def run(args) -> dict:
     try:
         for r in range(args.repeats):
             rep: dict[str, Any] = {}
-            print(f"[repeat {r + 1}/{args.repeats}] raw NATS ...", flush=True)
-            rep["raw"] = await raw_nats(base / f"r{r}", args.raw_messages, args.batch_size * args.concurrency,
-                                        args.batch_size)  # fmt: skip
-            rep["relay"] = {}
-            for mode, n, env in (("envelopes", args.relay_items, args.envelope_items),
-                                 ("single messages", max(1, args.relay_items // 3), 1)):  # fmt: skip
-                print(f"[repeat {r + 1}/{args.repeats}] queue layer alone, {mode} ({n} items) ...", flush=True)
-                rep["relay"][mode] = await relay_chain(base / f"r{r}-relay-{env}", n, args.batch_size,
-                                                       args.concurrency, env)  # fmt: skip
-                print(f"    {rep['relay'][mode]['items_per_s']:.0f} items/s", flush=True)
-            print(f"[repeat {r + 1}/{args.repeats}] per stage ({args.stage_items} items) ...", flush=True)
-            rep["stages"] = await per_stage(base / f"r{r}-stages", args.stage_items, args.batch_size,
-                                            args.concurrency, envelopes)  # fmt: skip
+            steps = set(args.steps)
+            if "raw" in steps:
+                print(f"[repeat {r + 1}/{args.repeats}] raw NATS ...", flush=True)
+                rep["raw"] = await raw_nats(base / f"r{r}", args.raw_messages, args.batch_size * args.concurrency,
+                                            args.batch_size)  # fmt: skip
+            if "relay" in steps:
+                rep["relay"] = {}
+                for mode, n, env in (("envelopes", args.relay_items, args.envelope_items),
+                                     ("single messages", max(1, args.relay_items // 3), 1)):  # fmt: skip
+                    print(f"[repeat {r + 1}/{args.repeats}] queue layer alone, {mode} ({n} items) ...", flush=True)
+                    rep["relay"][mode] = await relay_chain(base / f"r{r}-relay-{env}", n, args.batch_size,
+                                                           args.concurrency, env)  # fmt: skip
+                    print(f"    {rep['relay'][mode]['items_per_s']:.0f} items/s", flush=True)
+            if "stages" in steps:
+                print(f"[repeat {r + 1}/{args.repeats}] per stage ({args.stage_items} items) ...", flush=True)
+                rep["stages"] = await per_stage(base / f"r{r}-stages", args.stage_items, args.batch_size,
+                                                args.concurrency, envelopes)  # fmt: skip
             rep["e2e"] = {}
             for v in variants:
                 print(f"[repeat {r + 1}/{args.repeats}] end to end, {v} ({args.items} items) ...", flush=True)
@@ -419,15 +423,19 @@ async def run(args) -> dict:
 
 
 def summarize(reps: list[dict], variants: list[str]) -> dict:
-    s: dict[str, Any] = {"raw": {k: median(r["raw"][k] for r in reps) for k in reps[0]["raw"]}}
-    s["stages"] = {n: {"items_per_s": median(r["stages"][n]["items_per_s"] for r in reps),
-                       "cpu_ms_per_item": median(r["stages"][n]["cpu_ms_per_item"] for r in reps)}
-                   for n in STAGES}  # fmt: skip
+    s: dict[str, Any] = {}
+    if "raw" in reps[0]:
+        s["raw"] = {k: median(r["raw"][k] for r in reps) for k in reps[0]["raw"]}
+    if "stages" in reps[0]:
+        s["stages"] = {n: {"items_per_s": median(r["stages"][n]["items_per_s"] for r in reps),
+                           "cpu_ms_per_item": median(r["stages"][n]["cpu_ms_per_item"] for r in reps)}
+                       for n in STAGES}  # fmt: skip
     s["e2e"] = {v: {"items_per_s": median(r["e2e"][v]["items_per_s"] for r in reps),
                     "accepted_per_s": median(r["e2e"][v]["accepted_per_s"] for r in reps),
                     "cpu_utilization": median(r["e2e"][v]["cpu_utilization"] for r in reps)}
                 for v in variants}  # fmt: skip
-    s["hop_ratio"] = median(r["e2e"]["default"]["items_per_s"] / r["raw"]["hop_per_s"] for r in reps)
+    if "raw" in reps[0]:
+        s["hop_ratio"] = median(r["e2e"]["default"]["items_per_s"] / r["raw"]["hop_per_s"] for r in reps)
     s["relay"] = {m: {"items_per_s": median(r["relay"][m]["items_per_s"] for r in reps),
                       "cpu_ms_per_item": median(sum(r["relay"][m]["cpu_ms_per_item"].values()) for r in reps),
                       "cpu_utilization": median(r["relay"][m]["cpu_utilization"] for r in reps)}
@@ -438,9 +446,10 @@ def summarize(reps: list[dict], variants: list[str]) -> dict:
 def report(res: dict, args) -> None:
     reps = res["repeats"]
     variants = list(res["summary"]["e2e"])
-    print(table(["raw nats-py (1 connection, 300 B)", "msgs/s median (min-max)"],
-                [[k.replace("_per_s", ""), spread([r["raw"][k] for r in reps])] for k in reps[0]["raw"]],
-                "Raw JetStream rates on this machine"))  # fmt: skip
+    if reps[0].get("raw"):
+        print(table(["raw nats-py (1 connection, 300 B)", "msgs/s median (min-max)"],
+                    [[k.replace("_per_s", ""), spread([r["raw"][k] for r in reps])] for k in reps[0]["raw"]],
+                    "Raw JetStream rates on this machine"))  # fmt: skip
     if reps[0].get("relay"):
         modes = list(reps[0]["relay"])
         print(table(["five pass-through stages", "items/s median (min-max)", "CPU ms/item (all processes)",
@@ -449,10 +458,11 @@ def report(res: dict, args) -> None:
                       median(sum(r["relay"][m]["cpu_ms_per_item"].values()) for r in reps),
                       f"{median(r['relay'][m]['cpu_utilization'] for r in reps):.0%}"] for m in modes],
                     "Queue layer alone: StageWorker + NATS, no stage logic, no engine"))  # fmt: skip
-    print(table(["stage (alone, draining a full queue)", "items", "items/s median (min-max)", "CPU ms/item"],
-                [[n, reps[0]["stages"][n]["items"], spread([r["stages"][n]["items_per_s"] for r in reps]),
-                  median(r["stages"][n]["cpu_ms_per_item"] for r in reps)] for n in STAGES],
-                "Per stage, zero-cost engine"))  # fmt: skip
+    if reps[0].get("stages"):
+        print(table(["stage (alone, draining a full queue)", "items", "items/s median (min-max)", "CPU ms/item"],
+                    [[n, reps[0]["stages"][n]["items"], spread([r["stages"][n]["items_per_s"] for r in reps]),
+                      median(r["stages"][n]["cpu_ms_per_item"] for r in reps)] for n in STAGES],
+                    "Per stage, zero-cost engine"))  # fmt: skip
     rows = []
     for v in variants:
         e = [r["e2e"][v] for r in reps]
@@ -470,7 +480,8 @@ def report(res: dict, args) -> None:
         print(table(["main thread time", *res["profile"]],
                     [[c, *(f"{p.get(c, 0):.0%}" for p in res["profile"].values())] for c in cats],
                     "Profile (py-spy, end-to-end run, share of samples)"))  # fmt: skip
-    print(f"\nend to end / raw hop rate: {res['summary']['hop_ratio']:.1%} (default filter settings)")
+    if "hop_ratio" in res["summary"]:
+        print(f"\nend to end / raw hop rate: {res['summary']['hop_ratio']:.1%} (default filter settings)")
 
 
 def main() -> None:
@@ -486,6 +497,9 @@ def main() -> None:
     p.add_argument("--filter-variants", nargs="*", default=["no-neardup", "no-envelopes"], choices=list(VARIANTS),
                    help="end-to-end runs with other settings besides the default")
     p.add_argument("--profile", action="store_true", help="py-spy profile of the first end-to-end run")
+    p.add_argument("--steps", nargs="+", default=["raw", "relay", "stages", "e2e"],
+                   choices=["raw", "relay", "stages", "e2e"],
+                   help="what to run (end to end always runs); e.g. --steps e2e for a quick A/B of two checkouts")
     args = p.parse_args()
     res = asyncio.run(run(args))
     report(res, args)

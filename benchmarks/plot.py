@@ -26,20 +26,21 @@ def load(results: Path) -> dict[str, Any]:
 def panel_orchestration(ax, doc: dict) -> None:
     s = doc["results"]["summary"]
     labels, values = [], []
-    for k, v in s["raw"].items():
+    raw, stages = s.get("raw", {}), s.get("stages", {})  # absent in a --steps e2e run
+    for k, v in raw.items():
         labels.append(f"raw {k.replace('_per_s', '')}")
         values.append(v)
     relay = s.get("relay", {})
     for name, v in relay.items():
         labels.append(f"queue layer alone ({name})")
         values.append(v["items_per_s"])
-    for name, v in s["stages"].items():
+    for name, v in stages.items():
         labels.append(f"{name} alone")
         values.append(v["items_per_s"])
     for name, v in s["e2e"].items():
         labels.append(f"end to end ({name})")
         values.append(v["items_per_s"])
-    colors = (["#999999"] * len(s["raw"]) + ["#55a868"] * len(relay) + ["#4c72b0"] * len(s["stages"])
+    colors = (["#999999"] * len(raw) + ["#55a868"] * len(relay) + ["#4c72b0"] * len(stages)
               + ["#dd8452"] * len(s["e2e"]))  # fmt: skip
     ax.barh(labels[::-1], values[::-1], color=colors[::-1])
     ax.axvline(5000, color="red", linestyle="--", linewidth=1, label="target 5,000 items/s")

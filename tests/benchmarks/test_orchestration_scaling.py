@@ -83,6 +83,33 @@ def test_benchmark_command_runs_and_writes_json(tmp_path, module, args):
         assert set(doc["results"]["summary"]["cpu"]) == {"1", "2"}
 
 
+def test_e2e_only_runs_summarize_report_and_plot(tmp_path, capsys):
+    """``--steps e2e`` (a quick A/B of two checkouts): no raw, relay or per-stage figures, and
+    the summary, the printed report and the plot panel cope without them."""
+    import argparse
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import orchestration, plot
+
+    e2e = {"items_per_s": 2000.0, "accepted_per_s": 900.0, "cpu_utilization": 0.9, "seconds": 10.0,
+           "cpu_seconds": {"filter": 5.0, "nats-server": 2.0}}  # fmt: skip
+    reps = [{"e2e": {"default": dict(e2e, items_per_s=v)}} for v in (1900.0, 2000.0, 2100.0)]
+    summary = orchestration.summarize(reps, ["default"])
+    assert summary["e2e"]["default"]["items_per_s"] == 2000.0 and "raw" not in summary and "hop_ratio" not in summary
+    res = {"repeats": reps, "profile": {}, "summary": summary}
+    orchestration.report(res, argparse.Namespace(items=20000, outstanding=2048))
+    out = capsys.readouterr().out
+    assert "2,000 (1,900-2,100)" in out and "Raw JetStream" not in out
+    fig, ax = plt.subplots()
+    plot.panel_orchestration(ax, {"results": res})
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["end to end (default)"]
+    plt.close(fig)
+
+
 def test_process_pipeline_replicas_are_checked(tmp_path):
     from libs.chaos import ProcessPipeline
 
