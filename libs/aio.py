@@ -1,5 +1,9 @@
 """asyncio helpers for per-item fan-out on Python 3.11.
 
+``TickBatcher`` turns the per-item calls that one handler batch makes in the same event-loop
+tick into one call for the whole batch (one log entry, one KV write): the filter's duplicate
+claims and the coordinator's ledger records use it.
+
 ``gather_eager`` is ``asyncio.gather`` for coroutines that often finish without ever waiting:
 an item rejected by a cheap check, a cached verdict, a zero-cost engine in benchmarks. A Task
 costs a few microseconds to create, schedule and complete, which is most of what such an item
@@ -21,10 +25,66 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine, Generator, Iterable
-from typing import Any, TypeVar
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Hashable,
+    Iterable,
+)
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+I = TypeVar("I")
+R = TypeVar("R")
+
+
+class TickBatcher(Generic[K, I, R]):
+    """Gathers the ``submit(key, item)`` calls made until the event loop has gone round twice
+    (the items of one handler batch, fanned out together) into one ``flush(key, items)`` per
+    key, which returns one result per item. Each caller gets its item's result, or the flush's
+    error (a non-``Exception`` such as cancellation reaches callers as ``RuntimeError`` and is
+    re-raised in the flush task)."""
+
+    def __init__(self, flush: Callable[[K, list[I]], Awaitable[list[R]]]) -> None:
+        self._flush = flush
+        self._pending: dict[K, list[tuple[I, asyncio.Future]]] = {}
+        self._tasks: set[asyncio.Task] = set()  # strong references while flushes run
+
+    async def submit(self, key: K, item: I) -> R:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = []
+            loop.call_soon(self._start, key)
+        batch.append((item, fut))
+        return await fut
+
+    def _start(self, key: K) -> None:
+        task = asyncio.ensure_future(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: K) -> None:
+        await asyncio.sleep(0)  # one more tick: the rest of a gathered batch joins
+        batch = self._pending.pop(key, [])
+        if not batch:
+            return
+        try:
+            results = await self._flush(key, [item for item, _ in batch])
+        except BaseException as e:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+            if not isinstance(e, Exception):
+                raise
+            return
+        for (_, fut), r in zip(batch, results):
+            if not fut.done():
+                fut.set_result(r)
 
 
 class _Suspend:

@@ -37,6 +37,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from libs.aio import TickBatcher
 from libs.queue.topology import LEDGER_BUCKET, bucket
 
 log = logging.getLogger("scalequest.ledger")
@@ -117,48 +118,21 @@ class BatchRecorder:
 
     def __init__(self, kv_of) -> None:
         self._kv_of = kv_of  # async () -> KeyValue
-        self._pending: dict[str, list[tuple[tuple[str, str, str], asyncio.Future]]] = {}
-        self._flushes: set[asyncio.Task] = set()
+        self._batcher: TickBatcher[str, tuple[str, str, str], None] = TickBatcher(self._flush)
         self.entries_written = 0
 
     async def record(self, run_id: str, item_id: str, stage: str, reason: str) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        batch = self._pending.get(run_id)
-        if batch is None:
-            batch = self._pending[run_id] = []
-            asyncio.get_running_loop().call_soon(self._start_flush, run_id)
-        batch.append(((item_id, stage, reason), fut))
-        await fut
+        await self._batcher.submit(run_id, (item_id, stage, reason))
 
-    def _start_flush(self, run_id: str) -> None:
-        task = asyncio.ensure_future(self._flush(run_id))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, run_id: str) -> None:
-        await asyncio.sleep(0)  # one more tick: the rest of the batch joins
-        batch = self._pending.pop(run_id, [])
-        try:
-            await record_batch(await self._kv_of(), run_id, [r for r, _ in batch])
-            self.entries_written += 1
-        except Exception as e:  # noqa: BLE001 -- every caller gets it (the worker retries the items)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(None)
+    async def _flush(self, run_id: str, rejections: list[tuple[str, str, str]]) -> list[None]:
+        await record_batch(await self._kv_of(), run_id, rejections)
+        self.entries_written += 1
+        return [None] * len(rejections)
 
 
 async def get(kv: KeyValue, run_id: str, item_id: str) -> tuple[str, str] | None:
     """The item's entry (a per-item key, else a scan of the run's entries)."""
-    try:
-        entry = await kv.get(ledger_key(run_id, item_id))
-        return _parse(entry.value)
-    except KeyNotFoundError:
-        pass
-    return (await entries(kv, run_id)).get(item_id)
+    return await _get_key(kv, run_id, item_id) or (await entries(kv, run_id)).get(item_id)
 
 
 async def _get_key(kv: KeyValue, run_id: str, item_id: str) -> tuple[str, str] | None:

@@ -146,7 +146,7 @@ class RunManager:
         self._sink_busy = 0
         self._last_outcome = time.monotonic()
         self._late_saves: dict[str, asyncio.Task] = {}
-        self._late_ledgers: dict[str, set[str]] = {}
+        self._late_ledgers: dict[str, asyncio.Future[set[str]]] = {}
         self._ledger_batch = ledger.BatchRecorder(self.ledger_kv)
         self.runs: dict[str, Run] = {}
         self._closing = False
@@ -518,13 +518,20 @@ class RunManager:
         """Items of an ended run that the ledger has, batch entries included (loaded once per
         run, for the few runs that still get outcomes): a redelivered late outcome whose first
         delivery a batch entry recorded must not count twice."""
-        got = self._late_ledgers.get(run_id)
-        if got is None:
-            got = set(await ledger.entries(await self.ledger_kv(), run_id))
-            self._late_ledgers[run_id] = got
+        loading = self._late_ledgers.get(run_id)
+        if loading is None:  # single flight: a batch of late outcomes shares one scan
+            loading = self._late_ledgers[run_id] = asyncio.ensure_future(self._load_late(run_id))
             while len(self._late_ledgers) > 4:
                 self._late_ledgers.pop(next(iter(self._late_ledgers)))
-        return got
+        try:
+            return await asyncio.shield(loading)
+        except Exception:
+            if self._late_ledgers.get(run_id) is loading:
+                del self._late_ledgers[run_id]  # the next outcome tries again
+            raise
+
+    async def _load_late(self, run_id: str) -> set[str]:
+        return set(await ledger.entries(await self.ledger_kv(), run_id))
 
     def _schedule_late_save(self, run: Run) -> None:
         """Outcomes still arrive after a run ended (work in flight): save the counters again."""

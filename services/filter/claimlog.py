@@ -49,12 +49,12 @@ import numpy as np
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError
 
+from libs.aio import TickBatcher
 from services.filter.neardup import (
     MinHashConfig,
     NearDupMatch,
     _decode_sig,
     _encode_sig,
-    similarity,
 )
 
 log = logging.getLogger("scalequest.filter.claimlog")
@@ -74,7 +74,6 @@ class _Claim:
     kind: str
     item_id: str
     data: str
-    future: asyncio.Future
 
 
 @dataclass
@@ -167,7 +166,7 @@ class ClaimLog:
         self.max_scopes = max_scopes
         self._folds: OrderedDict[str, tuple[_Fold, object]] = OrderedDict()
         self._opening: dict[str, asyncio.Future] = {}
-        self._pending: dict[str, list[_Claim]] = {}
+        self._batcher: TickBatcher[str, _Claim, object] = TickBatcher(self._flush)
         self.entries_written = 0
         self.exact = _ExactView(self)
         self.near = _NearView(self)
@@ -177,43 +176,24 @@ class ClaimLog:
 
     # ------------------------------------------------------------------ claims
     async def _claim(self, kind: str, scope: str, item_id: str, data: str) -> object:
-        prefix = self._log_prefix(kind, scope)
-        fut = asyncio.get_running_loop().create_future()
-        batch = self._pending.get(prefix)
-        if batch is None:
-            batch = self._pending[prefix] = []
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush(prefix)))
-        batch.append(_Claim(kind, item_id, data, fut))
-        return await fut
+        return await self._batcher.submit(self._log_prefix(kind, scope), _Claim(kind, item_id, data))
 
-    async def _flush(self, prefix: str) -> None:
-        await asyncio.sleep(0)  # one more tick: the rest of a gathered batch joins this entry
-        claims = self._pending.pop(prefix, [])
-        if not claims:
-            return
+    async def _flush(self, prefix: str, claims: list[_Claim]) -> list[object]:
+        """One log entry for a gathered batch of claims; their verdicts once it is folded."""
+        fold = await self._fold_of(prefix)
+        entry = [[c.kind, c.item_id, c.data] for c in claims]
+        body = json.dumps(entry, separators=(",", ":")).encode()
+        key = f"{prefix}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"
         try:
-            fold = await self._fold_of(prefix)
-            entry = [[c.kind, c.item_id, c.data] for c in claims]
-            body = json.dumps(entry, separators=(",", ":")).encode()
-            key = f"{prefix}.{hashlib.blake2b(body, digest_size=12).hexdigest()}"
-            try:
-                seq = await self.kv.create(key, body)
-                self.entries_written += 1
-            except KeyWrongLastSequenceError:  # the same claims were logged before (a retry)
-                seq = (await self.kv.get(key)).revision
-            if fold.seq < seq:
-                waiter = asyncio.get_running_loop().create_future()
-                fold.waiters.append((seq, waiter))
-                await asyncio.wait_for(waiter, 30.0)
-            for c in claims:
-                if not c.future.done():
-                    c.future.set_result(fold.verdict(c))
-        except BaseException as e:  # noqa: BLE001 -- every claimant gets the error (the worker retries)
-            for c in claims:
-                if not c.future.done():
-                    c.future.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
-            if not isinstance(e, Exception):
-                raise
+            seq = await self.kv.create(key, body)
+            self.entries_written += 1
+        except KeyWrongLastSequenceError:  # the same claims were logged before (a retry)
+            seq = (await self.kv.get(key)).revision
+        if fold.seq < seq:
+            waiter = asyncio.get_running_loop().create_future()
+            fold.waiters.append((seq, waiter))
+            await asyncio.wait_for(waiter, 30.0)
+        return [fold.verdict(c) for c in claims]
 
     async def _fold_of(self, prefix: str) -> _Fold:
         """The folded log under ``prefix``, watched from its first entry (opened once)."""

@@ -124,3 +124,31 @@ async def test_each_coroutine_runs_in_a_context_of_its_own():
 async def test_empty_and_generator_input():
     assert await gather_eager([]) == []
     assert await gather_eager(_now(i) for i in range(3)) == [0, 2, 4]
+
+
+async def test_tick_batcher_makes_one_flush_per_key_per_gathered_batch():
+    from libs.aio import TickBatcher
+
+    flushes: list[tuple[str, list[int]]] = []
+
+    async def flush(key, items):
+        flushes.append((key, items))
+        await asyncio.sleep(0.001)
+        return [f"{key}:{i}" for i in items]
+
+    b = TickBatcher(flush)
+    out = await asyncio.gather(*(b.submit("a", i) for i in range(5)), b.submit("b", 9))
+    assert out == ["a:0", "a:1", "a:2", "a:3", "a:4", "b:9"]
+    assert sorted(flushes) == [("a", [0, 1, 2, 3, 4]), ("b", [9])]
+    assert await b.submit("a", 7) == "a:7" and len(flushes) == 3
+
+
+async def test_tick_batcher_hands_the_flush_error_to_every_caller():
+    from libs.aio import TickBatcher
+
+    async def flush(key, items):
+        raise ConnectionError("down")
+
+    b = TickBatcher(flush)
+    out = await asyncio.gather(*(b.submit("k", i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(e, ConnectionError) for e in out)

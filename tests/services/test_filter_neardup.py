@@ -56,6 +56,17 @@ def test_numbers_and_operators_weigh_more_than_words():
     assert jac("What is 12 + 7?", "What is 12 - 7?") < jac("What is 12 + 7?", "What is 12 plus 7?") == 1.0
 
 
+def test_feature_hashes_are_the_crcs_of_the_feature_set():
+    import zlib
+
+    from services.filter.neardup import feature_hashes
+
+    for text in ("Tom has 5 apples and buys 3 more. 5 + 3 = ? and 5 again", "x", "", "What is 12 - 7 - 7?"):
+        for shingle, weight in ((2, 8), (1, 3), (3, 0)):
+            want = sorted(zlib.crc32(f.encode()) for f in features(text, shingle, weight))
+            assert sorted(feature_hashes(text, shingle, weight).tolist()) == want
+
+
 def test_minhash_estimates_jaccard_and_is_deterministic_across_processes():
     a = {f"w{i}" for i in range(100)}
     b = {f"w{i}" for i in range(30, 130)}  # Jaccard 70/130 = 0.54
