@@ -51,14 +51,18 @@ from benchmarks.common import (
     table,
     write_result,
 )
+from services.coordinator.settings import CoordinatorSettings
+from services.filter.settings import FilterSettings
 
 NAME = "orchestration"
 STAGES = ("questiongen", "filter", "solver", "reward", "coordinator")
 STAGE_QUEUE = {"questiongen": "GENERATE", "filter": "FILTER", "solver": "SOLVE", "reward": "SCORE",
                "coordinator": "SINK"}  # fmt: skip
-# The coordinator keeps its own default batch (256): its fetch window bounds the records one
-# shard write collects, and so the sink's throughput (services/coordinator/settings.py).
-SINK = {"coordinator": {"SQ_BATCH_SIZE": "256"}}
+# Services whose shipped batch size differs from the common default keep it (the others get
+# --batch-size): the coordinator's fetch window bounds the records one shard write collects,
+# and the filter's costs are per batch (services/*/settings.py).
+SERVICE_BATCH = {name: {"SQ_BATCH_SIZE": str(cls.model_fields["batch_size"].default)}
+        for name, cls in (("coordinator", CoordinatorSettings), ("filter", FilterSettings))}  # fmt: skip
 VARIANTS = {
     "default": {},
     "no-envelopes": {"SQ_ENVELOPE_MAX_ITEMS": "1"},
@@ -158,7 +162,7 @@ async def per_stage(workdir: Path, items: int, batch: int, concurrency: int, ext
 
     out: dict[str, Any] = {}
     async with ProcessPipeline(workdir, batch_size=batch, concurrency=concurrency, ack_wait=120,
-                               env=pipeline_env(batch, concurrency, extra), env_per_service=SINK) as pipe:  # fmt: skip
+                               env=pipeline_env(batch, concurrency, extra), env_per_service=SERVICE_BATCH) as pipe:  # fmt: skip
         for name in STAGES[:-1]:
             os.kill(pipe.procs[name].pid, signal.SIGSTOP)
         try:
@@ -239,7 +243,7 @@ async def end_to_end(
     from libs.chaos import ProcessPipeline
 
     async with ProcessPipeline(workdir, batch_size=batch, concurrency=concurrency, ack_wait=120,
-                               env=pipeline_env(batch, concurrency, extra), env_per_service=SINK) as pipe:  # fmt: skip
+                               env=pipeline_env(batch, concurrency, extra), env_per_service=SERVICE_BATCH) as pipe:  # fmt: skip
         spies: dict[str, subprocess.Popen] = {}
         st, dt, cpu = await timed_run(pipe, items, outstanding,
                                       lambda pids: spies.update(start_profilers(pids, profile_dir) if profile_dir else {}))  # fmt: skip
@@ -489,7 +493,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=20_000, help="tasks admitted in each end-to-end run")
     p.add_argument("--stage-items", type=int, default=4_000, help="tasks queued for the per-stage drains")
     p.add_argument("--outstanding", type=int, default=2_048, help="the run's max_outstanding")
-    p.add_argument("--batch-size", type=int, default=16, help="SQ_BATCH_SIZE of the stages (16 is the shipped default)")
+    p.add_argument("--batch-size", type=int, default=16, help="SQ_BATCH_SIZE of the engine stages (16 is their shipped default); filter and coordinator keep theirs")
     p.add_argument("--concurrency", type=int, default=2, help="SQ_WORKER_CONCURRENCY of every service")
     p.add_argument("--raw-messages", type=int, default=20_000)
     p.add_argument("--relay-items", type=int, default=30_000, help="items through the pass-through chain")

@@ -35,7 +35,7 @@ from benchmarks.common import (
     table,
     write_result,
 )
-from benchmarks.orchestration import SINK, timed_run
+from benchmarks.orchestration import SERVICE_BATCH, timed_run
 
 NAME = "scaling"
 
@@ -51,7 +51,7 @@ async def one_run(workdir: Path, replicas: int, engine: str, args) -> dict[str, 
     env = {"SQ_LOG_LEVEL": "WARNING", "SQ_NEARDUP_ENABLED": "false"}
     async with ProcessPipeline(workdir, batch_size=args.batch_size, concurrency=args.concurrency, ack_wait=120,
                                env=env, replicas={"solver": replicas},
-                               env_per_service={"solver": solver_env, **SINK}) as pipe:  # fmt: skip
+                               env_per_service={"solver": solver_env, **SERVICE_BATCH}) as pipe:  # fmt: skip
         st, dt, cpu = await timed_run(pipe, args.items, args.outstanding)
     cores = os.cpu_count() or 1
     solver_cpu = sum(v for n, v in cpu.items() if n.startswith("solver"))

@@ -42,25 +42,32 @@ R = TypeVar("R")
 
 
 class TickBatcher(Generic[K, I, R]):
-    """Gathers the ``submit(key, item)`` calls made until the event loop has gone round twice
-    (the items of one handler batch, fanned out together) into one ``flush(key, items)`` per
-    key, which returns one result per item. Each caller gets its item's result, or the flush's
-    error (a non-``Exception`` such as cancellation reaches callers as ``RuntimeError`` and is
-    re-raised in the flush task)."""
+    """Gathers the ``submit(key, item)`` and ``submit_many(key, items)`` calls made until the
+    event loop has gone round twice (the items of one handler batch, fanned out together, and
+    the batches of concurrent fetch loops) into one ``flush(key, items)`` per key, which returns
+    one result per item. Each caller gets its items' results, or the flush's error (a
+    non-``Exception`` such as cancellation reaches callers as ``RuntimeError`` and is re-raised
+    in the flush task)."""
 
     def __init__(self, flush: Callable[[K, list[I]], Awaitable[list[R]]]) -> None:
         self._flush = flush
-        self._pending: dict[K, list[tuple[I, asyncio.Future]]] = {}
+        self._pending: dict[K, list[tuple[list[I], asyncio.Future]]] = {}
         self._tasks: set[asyncio.Task] = set()  # strong references while flushes run
 
     async def submit(self, key: K, item: I) -> R:
+        return (await self.submit_many(key, [item]))[0]
+
+    async def submit_many(self, key: K, items: list[I]) -> list[R]:
+        """Results of ``items``, in order: one future for the call, not one per item."""
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        batch = self._pending.get(key)
-        if batch is None:
-            batch = self._pending[key] = []
+        groups = self._pending.get(key)
+        if groups is None:
+            groups = self._pending[key] = []
             loop.call_soon(self._start, key)
-        batch.append((item, fut))
+        groups.append((items, fut))
         return await fut
 
     def _start(self, key: K) -> None:
@@ -70,21 +77,26 @@ class TickBatcher(Generic[K, I, R]):
 
     async def _run(self, key: K) -> None:
         await asyncio.sleep(0)  # one more tick: the rest of a gathered batch joins
-        batch = self._pending.pop(key, [])
-        if not batch:
+        groups = self._pending.pop(key, [])
+        if not groups:
             return
         try:
-            results = await self._flush(key, [item for item, _ in batch])
+            results = await self._flush(key, [item for items, _ in groups for item in items])
+            if len(results) != sum(len(items) for items, _ in groups):
+                raise RuntimeError(f"flush returned {len(results)} results for "
+                                   f"{sum(len(items) for items, _ in groups)} items")  # fmt: skip
         except BaseException as e:
-            for _, fut in batch:
+            for _, fut in groups:
                 if not fut.done():
                     fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
             if not isinstance(e, Exception):
                 raise
             return
-        for (_, fut), r in zip(batch, results):
+        at = 0
+        for items, fut in groups:
             if not fut.done():
-                fut.set_result(r)
+                fut.set_result(results[at : at + len(items)])
+            at += len(items)
 
 
 class _Suspend:

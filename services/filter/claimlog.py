@@ -178,6 +178,10 @@ class ClaimLog:
     async def _claim(self, kind: str, scope: str, item_id: str, data: str) -> object:
         return await self._batcher.submit(self._log_prefix(kind, scope), _Claim(kind, item_id, data))
 
+    async def _claim_many(self, kind: str, scope: str, claims: list[tuple[str, str]]) -> list[object]:
+        """Verdicts of ``(item_id, data)`` claims of one kind and scope (one future for all)."""
+        return await self._batcher.submit_many(self._log_prefix(kind, scope), [_Claim(kind, i, d) for i, d in claims])
+
     async def _flush(self, prefix: str, claims: list[_Claim]) -> list[object]:
         """One log entry for a gathered batch of claims; their verdicts once it is folded."""
         fold = await self._fold_of(prefix)
@@ -253,6 +257,10 @@ class _ExactView:
         """True when ``item_id`` owns ``key`` in ``scope`` (first claimant), False for a duplicate."""
         return bool(await self._log._claim(EXACT, scope, item_id, key))
 
+    async def claim_many(self, scope: str, claims: list[tuple[str, str]]) -> list[bool]:
+        """:meth:`claim` of ``(key, item_id)`` pairs, in one log entry with whatever else this tick claims."""
+        return [bool(v) for v in await self._log._claim_many(EXACT, scope, [(i, k) for k, i in claims])]
+
 
 class _NearView:
     def __init__(self, log_: ClaimLog) -> None:
@@ -266,3 +274,13 @@ class _NearView:
     async def release(self, scope: str, item_id: str) -> None:
         """Give the item's claim up (a later check rejected it)."""
         await self._log._claim(RELEASE, scope, item_id, "")
+
+    async def claim_many(self, scope: str, claims: list[tuple[str, str]]) -> list[NearDupMatch | None]:
+        """:meth:`claim` of ``(item_id, text)`` pairs, in one log entry with whatever else this tick claims."""
+        sig = self._log.config.signature
+        return await self._log._claim_many(NEAR, scope, [(i, _encode_sig(sig(t))) for i, t in claims])  # type: ignore[return-value]
+
+    async def release_many(self, scope: str, claims: list[tuple[str]]) -> list[None]:
+        """:meth:`release` of ``(item_id,)`` tuples."""
+        await self._log._claim_many(RELEASE, scope, [(i, "") for (i,) in claims])
+        return [None] * len(claims)

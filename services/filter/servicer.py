@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from scalequest.filter.v1 import filter_pb2 as api
@@ -42,11 +41,12 @@ class FilterServicer(api_grpc.FilterServiceServicer):
             what="questions x SQ_JUDGE_MAX_TOKENS",
         )
         call = uuid.uuid4().hex[:8]
-        results = await asyncio.gather(
-            *(self.stage.check(q, scope, f"{call}-{i}", request.judge) for i, q in enumerate(request.questions))
-        )
+        results = await self.stage.check_many([(q, scope, f"{call}-{i}", request.judge)
+                                               for i, q in enumerate(request.questions)])  # fmt: skip
         out = api.JudgeQuestionsResponse()
         for res in results:
+            if isinstance(res, BaseException):  # a claim or judge call failed: the interceptor maps it
+                raise res
             failed = res.failed
             out.judgements.add(accepted=failed is None, reason=failed.reason if failed else "", verdicts=res.verdicts)
         return out

@@ -27,6 +27,7 @@ as near_duplicate of it; that window is the price of not judging every duplicate
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scalequest.common.v1 import items_pb2 as pb
@@ -132,6 +133,13 @@ class FilterStage:
 
         ``scope`` is the dedup scope (the run id; "" = no dedup); ``item_id`` names the claim, so
         a redelivered item is never its own duplicate."""
+        res = (await self.check_many([(question, scope, item_id, judge)]))[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def _local_checks(self, question: str) -> CheckResult:
+        """The checks that need nothing but the text: length, language, decontamination."""
         text = question.strip()
         res = CheckResult(text=text)
         vs = res.verdicts
@@ -152,42 +160,101 @@ class FilterStage:
             hit = self.decontam.check(text)
             vs.append(verdict("decontam", hit is None, "contaminated" if hit else "",
                               f"benchmark={hit.benchmark} ngram={hit.ngram!r}" if hit else ""))  # fmt: skip
-            if hit:
-                return res
-        claimed_near = False
-        exact_on = self.settings.dedup_enabled and self.dedup is not None and scope
-        near_on = self.settings.neardup_enabled and self.neardup is not None and scope
-        if exact_on or near_on:
-            if exact_on and not await self.dedup.claim(scope, dedup_key(text), item_id):
-                vs.append(verdict("dedup", False, "duplicate", "exact"))
-                return res
-            if near_on:
-                match = await self.neardup.claim(scope, item_id, text)
-                if match is not None:
-                    vs.append(verdict("dedup", False, "near_duplicate",
-                                      f"of {match.item_id} (similarity {match.similarity:.2f})"))  # fmt: skip
-                    return res
-                claimed_near = True
-            kinds = [k for k, on in (("exact", exact_on), ("near", near_on)) if on]
-            vs.append(verdict("dedup", True, "", "+".join(kinds)))
-        if judge:
-            v, res.tokens = await self.judge_solvable(text)
-            vs.append(v)
-            if not v.passed and claimed_near:
-                await self.neardup.release(scope, item_id)
         return res
 
-    async def handle(self, items: list[pb.Question]) -> list[list[Publish] | BaseException]:
-        return await gather_eager((self._one(q) for q in items), return_exceptions=True)
+    async def check_many(self, entries: Sequence[tuple[str, str, str, bool]]) -> list[CheckResult | BaseException]:
+        """:meth:`check` for a batch of ``(question, scope, item_id, judge)``, phase by phase:
+        every question's local checks, then one exact claim and one near claim call for all
+        that are left (a claim-log entry each), then the judge for all that are left. Verdicts
+        are the same as one by one. An item whose claim or judge call failed gets the error."""
+        out: list[CheckResult | BaseException] = [self._local_checks(q) for q, _, _, _ in entries]
 
-    async def _one(self, q: pb.Question) -> list[Publish]:
-        if self.runs and await self.runs.is_closed(q.run_id):
-            # No work for an ended run, but the item still ends at the coordinator (accounting).
-            return [rejection(q.run_id, q.item_id, STAGE, RUN_CLOSED)]
-        res = await self.check(q.text, q.run_id, q.item_id, q.config.judge_enabled)
-        predicted = None
+        def alive(i: int) -> bool:
+            r = out[i]
+            return isinstance(r, CheckResult) and r.failed is None
+
+        exact_on = self.settings.dedup_enabled and self.dedup is not None
+        near_on = self.settings.neardup_enabled and self.neardup is not None
+        dedup = [i for i in range(len(entries)) if alive(i) and entries[i][1]] if exact_on or near_on else []
+        if exact_on and dedup:
+            owned = await _claim_all(self.dedup, "claim",
+                                     [(entries[i][1], dedup_key(out[i].text), entries[i][2]) for i in dedup])  # type: ignore[union-attr]  # fmt: skip
+            for i, got in zip(dedup, owned):
+                if isinstance(got, BaseException):
+                    out[i] = got
+                elif not got:
+                    out[i].verdicts.append(verdict("dedup", False, "duplicate", "exact"))  # type: ignore[union-attr]
+        claimed_near: set[int] = set()
+        if near_on:
+            todo = [i for i in dedup if alive(i)]
+            found = await _claim_all(self.neardup, "claim", [(entries[i][1], entries[i][2], out[i].text) for i in todo])  # type: ignore[union-attr]  # fmt: skip
+            for i, match in zip(todo, found):
+                if isinstance(match, BaseException):
+                    out[i] = match
+                elif match is not None:
+                    out[i].verdicts.append(verdict("dedup", False, "near_duplicate",  # type: ignore[union-attr]
+                                                   f"of {match.item_id} (similarity {match.similarity:.2f})"))  # fmt: skip
+                else:
+                    claimed_near.add(i)
+        kinds = "+".join(k for k, on in (("exact", exact_on), ("near", near_on)) if on)
+        for i in dedup:
+            if alive(i):
+                out[i].verdicts.append(verdict("dedup", True, "", kinds))  # type: ignore[union-attr]
+        judged = [i for i in range(len(entries)) if alive(i) and entries[i][3]]
+        if judged:
+            got = await gather_eager((self.judge_solvable(out[i].text) for i in judged), return_exceptions=True)  # type: ignore[union-attr]  # fmt: skip
+            release = []
+            for i, g in zip(judged, got):
+                if isinstance(g, BaseException):
+                    out[i] = g
+                    continue
+                v, out[i].tokens = g  # type: ignore[union-attr]
+                out[i].verdicts.append(v)  # type: ignore[union-attr]
+                if not v.passed and i in claimed_near:
+                    release.append(i)
+            if release:
+                done = await _claim_all(self.neardup, "release", [(entries[i][1], entries[i][2]) for i in release])
+                for i, r in zip(release, done):
+                    if isinstance(r, BaseException):
+                        out[i] = r
+        return out
+
+    async def handle(self, items: list[pb.Question]) -> list[list[Publish] | BaseException]:
+        closed: dict[str, bool | BaseException] = {}
+        if self.runs:
+            runs = list(dict.fromkeys(q.run_id for q in items))
+            closed = dict(zip(runs, await gather_eager((self.runs.is_closed(r) for r in runs), return_exceptions=True)))
+        out: list[list[Publish] | BaseException] = []
+        todo: list[int] = []
+        for k, q in enumerate(items):
+            c = closed.get(q.run_id, False)
+            if isinstance(c, BaseException):
+                out.append(c)
+            elif c:  # no work for an ended run, but the item still ends at the coordinator (accounting)
+                out.append([rejection(q.run_id, q.item_id, STAGE, RUN_CLOSED)])
+            else:
+                out.append([])
+                todo.append(k)
+        checked = await self.check_many([(items[k].text, items[k].run_id, items[k].item_id,
+                                          items[k].config.judge_enabled) for k in todo])  # fmt: skip
+        predicted: list[float | None | BaseException] = [None] * len(todo)
+        if self.difficulty is not None:
+            scored = [j for j, r in enumerate(checked) if isinstance(r, CheckResult) and r.failed is None]
+            if scored:
+                try:
+                    got = await self.difficulty.predict([checked[j].text for j in scored])  # type: ignore[union-attr]
+                except Exception as e:  # noqa: BLE001 -- the items are retried, as if each had failed
+                    got = [e] * len(scored)
+                for j, p in zip(scored, got):
+                    predicted[j] = p
+        for j, (k, res) in enumerate(zip(todo, checked)):
+            out[k] = res if isinstance(res, BaseException) else self._outputs(items[k], res, predicted[j])
+        return out
+
+    def _outputs(self, q: pb.Question, res: CheckResult, predicted: float | None | BaseException) -> list[Publish] | BaseException:
+        if isinstance(predicted, BaseException):
+            return predicted
         if res.failed is None and self.difficulty is not None:
-            predicted = await self.difficulty.predict_one(res.text)
             res.verdicts.append(self.difficulty_verdict(predicted))
         failed = res.failed
         if self.counters:
@@ -210,6 +277,29 @@ class FilterStage:
             return verdict("difficulty", True, "", "not scored (too long for the difficulty model)")
         ok = predicted >= self.settings.difficulty_min_predicted
         return verdict("difficulty", ok, "" if ok else "too_easy", f"predicted fail rate {predicted:.2f}")
+
+
+async def _claim_all(index, method: str, calls: list[tuple]) -> list:
+    """``index.<method>(scope, *args)`` for every ``(scope, *args)`` of ``calls``, in order, each
+    result or its error: one ``<method>_many(scope, [args, ...])`` call per scope where the index
+    has one (the claim log: one log entry), otherwise one call per item, gathered."""
+    many = getattr(index, f"{method}_many", None)
+    one = getattr(index, method)
+    scopes: dict[str, list[int]] = {}
+    for k, c in enumerate(calls):
+        scopes.setdefault(c[0], []).append(k)
+
+    async def of_scope(scope: str, ks: list[int]) -> list:
+        if many is not None:
+            return await many(scope, [calls[k][1:] for k in ks])
+        return await gather_eager((one(scope, *calls[k][1:]) for k in ks), return_exceptions=True)
+
+    results: list = [None] * len(calls)
+    got = await gather_eager((of_scope(s, ks) for s, ks in scopes.items()), return_exceptions=True)
+    for ks, g in zip(scopes.values(), got):
+        for j, k in enumerate(ks):
+            results[k] = g if isinstance(g, BaseException) else g[j]
+    return results
 
 
 def yes_no_probs(top: dict[str, float]) -> tuple[float, float]:

@@ -152,3 +152,29 @@ async def test_tick_batcher_hands_the_flush_error_to_every_caller():
     b = TickBatcher(flush)
     out = await asyncio.gather(*(b.submit("k", i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(e, ConnectionError) for e in out)
+
+
+async def test_tick_batcher_submit_many_joins_the_same_flush_and_keeps_order():
+    from libs.aio import TickBatcher
+
+    flushes: list[list[int]] = []
+
+    async def flush(key, items):
+        flushes.append(list(items))
+        return [i * 10 for i in items]
+
+    b = TickBatcher(flush)
+    many, one, empty = await asyncio.gather(b.submit_many("k", [1, 2, 3]), b.submit("k", 4), b.submit_many("k", []))
+    assert (many, one, empty) == ([10, 20, 30], 40, [])
+    assert flushes == [[1, 2, 3, 4]]  # one flush for both callers; the empty call made none
+
+
+async def test_tick_batcher_rejects_a_flush_with_the_wrong_number_of_results():
+    from libs.aio import TickBatcher
+
+    async def flush(key, items):
+        return items[:-1]
+
+    b = TickBatcher(flush)
+    with pytest.raises(RuntimeError, match="2 results for 3 items"):
+        await b.submit_many("k", [1, 2, 3])

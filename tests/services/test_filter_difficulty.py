@@ -39,7 +39,7 @@ async def test_predicted_difficulty_travels_and_too_easy_is_rejected(tiny_scorer
         # threshold between the scores: some questions pass, the others are too easy
         cut = sorted(scores)[len(scores) // 2]
         stage = FilterStage(None, settings.model_copy(update={"difficulty_min_predicted": cut}), difficulty=scorer)
-        outs = [await stage._one(question(i, q)) for i, q in enumerate(QUESTIONS)]
+        outs = [(await stage.handle([question(i, q)]))[0] for i, q in enumerate(QUESTIONS)]
     for s, out in zip(scores, outs):
         (pub,) = out
         if s >= cut:
@@ -55,6 +55,6 @@ async def test_no_model_no_check():
     settings = load_settings(FilterSettings, engine="fake", dedup_enabled=False, neardup_enabled=False)
     assert await build_difficulty_scorer(settings) is None
     stage = FilterStage(None, settings)
-    (pub,) = await stage._one(question(1, QUESTIONS[0]))
+    ((pub,),) = await stage.handle([question(1, QUESTIONS[0])])
     fwd = pb.Question.FromString(pub.payload)
     assert not fwd.HasField("predicted_difficulty") and all(v.check != "difficulty" for v in fwd.verdicts)

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from libs.engines.fake import FakeEngine
-from libs.queue.topology import connect, dedup_kv
-from libs.queue.topology import DEDUP_BUCKET
+from libs.queue.topology import DEDUP_BUCKET, connect, dedup_kv
 from services.filter.claimlog import ClaimLog
 from services.filter.dedup import KVDedupIndex
 from services.filter.main import neardup_config
@@ -268,6 +267,52 @@ async def test_judge_rejection_releases_the_near_claim(nats_server, protocol):
         # and the accepted near duplicate now blocks the next one
         third = await stage.check(Q.replace("in total", "altogether"), "j", "j-3", judge=True)
         assert third.failed.reason == "near_duplicate" and "of j-1 " in third.failed.detail
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("protocol", ["kv", "log"])
+async def test_a_batch_is_checked_phase_by_phase_with_the_verdicts_of_one_by_one(nats_server, protocol):
+    """check_many: one exact and one near claim call per scope for the whole batch, the judge
+    for what is left, releases for what it rejects, and an item whose judge call failed gets
+    its error while the others go on."""
+    nc, js = await connect(nats_server.url, "filter-batch", max_reconnect_attempts=5)
+    try:
+        settings = FilterSettings(judge_verdict="strict")
+        unsolvable, reworded = Q.replace("bakery", "baker"), Q_REWORDED.replace("bakery", "baker")
+
+        def judge(prompt, params, index):
+            if "explode" in prompt:
+                raise ConnectionError("judge down")
+            return "Verdict: No" if unsolvable in prompt else "Verdict: Yes"
+
+        engine = FakeEngine(judge)
+        await engine.start()
+        exact, near = indexes(js, await dedup_kv(js), settings, protocol)
+        stage = FilterStage(engine, settings, exact, neardup=near)
+        batch = [
+            (Q, "b1", "b1-0", True),
+            (Q.lower(), "b1", "b1-1", True),  # exact duplicate of b1-0 in the same batch
+            (Q_OTHER, "b1", "b1-2", True),  # other numbers: its own question
+            (Q, "b2", "b2-0", True),  # another run, another scope
+            ("x", "b1", "b1-3", True),  # too short: never claims anything
+            ("A train explode 40 km in 2 hours at a steady speed. How fast does it go?", "b1", "b1-4", True),
+            (unsolvable, "b3", "b3-0", True),  # judged unsolvable: its near claim is released
+        ]
+        out = await stage.check_many(batch)
+        reasons = [r if isinstance(r, BaseException) else (r.failed.reason if r.failed else "ok") for r in out]
+        assert reasons[0] == "ok" and reasons[1] == "duplicate" and reasons[2] == "ok" and reasons[3] == "ok"
+        assert reasons[4] == "too_short"
+        assert isinstance(reasons[5], ConnectionError)
+        assert reasons[6] == "judge_unsolvable"
+        if protocol == "log":  # per scope one exact and one near entry (b1, b2, b3), and b3's release
+            assert exact._log.entries_written == 7
+        # The released claim no longer blocks its near duplicates in run b3 (one by one, as before).
+        again = await stage.check(reworded, "b3", "b3-1", judge=True)
+        assert again.failed is None
+        # The same batch redelivered gets the same verdicts (an item is never its own duplicate).
+        redo = await stage.check_many(batch[:4])
+        assert [r.failed.reason if r.failed else "ok" for r in redo] == ["ok", "duplicate", "ok", "ok"]
     finally:
         await nc.close()
 
