@@ -124,6 +124,10 @@ class BatchRecorder:
     async def record(self, run_id: str, item_id: str, stage: str, reason: str) -> None:
         await self._batcher.submit(run_id, (item_id, stage, reason))
 
+    async def record_many(self, run_id: str, rejections: list[tuple[str, str, str]]) -> None:
+        """:meth:`record` of several ``(item_id, stage, reason)`` at once (one future for all)."""
+        await self._batcher.submit_many(run_id, rejections)
+
     async def _flush(self, run_id: str, rejections: list[tuple[str, str, str]]) -> list[None]:
         await record_batch(await self._kv_of(), run_id, rejections)
         self.entries_written += 1

@@ -399,15 +399,102 @@ class RunManager:
 
     # ------------------------------------------------------------------ sink
     async def handle_outcomes(self, outcomes: list[pb.Outcome]) -> list[list[Publish] | BaseException]:
-        """Sink adapter entry: returns once each record is durable (then the worker acks)."""
+        """Sink adapter entry: returns once each record is durable (then the worker acks).
+
+        A batch is handled phase by phase: every outcome is classified and accounted (records
+        go into their run's shard buffer) in one pass, then the batch's rejections are stored
+        as one ledger entry per run, while the records wait for their shard. Only outcomes of
+        a run not loaded here and replayed dead letters take the per-item path."""
         self._sink_busy += 1
         try:
-            return await gather_eager((self._outcome(o) for o in outcomes), return_exceptions=True)
+            return await self._outcomes(outcomes)
         finally:
             self._sink_busy -= 1
 
+    async def _outcomes(self, outcomes: list[pb.Outcome]) -> list[list[Publish] | BaseException]:
+        self._last_outcome = now = time.monotonic()
+        results: list[list[Publish] | BaseException] = [[] for _ in outcomes]
+        single: list[int] = []  # the per-item path (_outcome)
+        rejected: dict[str, tuple[Run, list[tuple[int, str, tuple[str, str], bool]]]] = {}
+        waits: list[tuple[int, asyncio.Future]] = []
+        filled: dict[str, Run] = {}
+        for k, o in enumerate(outcomes):
+            try:
+                run_id, item_id = item_ids(o)
+                run = self.runs.get(run_id)
+                if run is None or item_id in run.dead:
+                    single.append(k)
+                    continue
+                if item_id in run.seen or item_id in run.recording:
+                    continue  # redelivered outcome: already counted / written (or being recorded now)
+                kind = o.WhichOneof("kind")
+                if kind == "rejection":
+                    key = (o.rejection.stage, o.rejection.reason)
+                    dead = o.rejection.reason.startswith(DEAD_LETTER_PREFIX)
+                elif run.state != "running" or run.accepted >= run.config.target:
+                    key, dead = (STAGE, "over_target"), False
+                else:
+                    row = pair_row(o.pair) if kind == "pair" else record_row(o.record)
+                    run.seen.add(item_id)
+                    run.finished += 1
+                    run.accepted += 1
+                    fut = asyncio.get_running_loop().create_future()
+                    if not run.buffer:
+                        run.buffer_since = now
+                    run.buffer.append((row, item_id, fut))
+                    waits.append((k, fut))
+                    filled[run_id] = run
+                    continue
+            except Exception as e:  # noqa: BLE001 -- this outcome's error; the batch goes on
+                results[k] = e
+                continue
+            # Durable before the ack: a redelivery after a crash finds the entry.
+            run.recording.add(item_id)
+            rejected.setdefault(run_id, (run, []))[1].append((k, item_id, key, dead))
+        for run in filled.values():
+            run.wake.set()
+            self._maybe_flush(run)
+
+        async def record(run: Run, entries: list[tuple[int, str, tuple[str, str], bool]]) -> None:
+            try:
+                await self._ledger_batch.record_many(run.run_id, [(item_id, *key) for _, item_id, key, _ in entries])
+            except Exception as e:  # noqa: BLE001 -- these items are retried
+                for k, item_id, _, _ in entries:
+                    run.recording.discard(item_id)
+                    results[k] = e
+                return
+            for _, item_id, key, dead in entries:  # ``seen`` keeps the counts exact
+                run.recording.discard(item_id)
+                run.seen.add(item_id)
+                run.finished += 1
+                run.rejections[key] += 1
+                if dead:
+                    run.dead[item_id] = key
+            run.wake.set()
+            if run.state in CLOSED_STATES:
+                self._schedule_late_save(run)
+
+        async def one_by_one() -> None:
+            done = await gather_eager((self._outcome(outcomes[k]) for k in single), return_exceptions=True)
+            for k, r in zip(single, done):
+                results[k] = r
+
+        async def stored() -> None:
+            done = await asyncio.gather(*(f for _, f in waits), return_exceptions=True)
+            for (k, _), r in zip(waits, done):
+                if isinstance(r, BaseException):
+                    results[k] = r
+
+        phases = [record(run, entries) for run, entries in rejected.values()]
+        if single:
+            phases.append(one_by_one())
+        if waits:
+            phases.append(stored())
+        await gather_eager(phases)
+        return results
+
     async def _outcome(self, o: pb.Outcome) -> list[Publish]:
-        self._last_outcome = time.monotonic()
+        """One outcome of a run not loaded here, or a replayed dead letter of a loaded run."""
         run_id, item_id = item_ids(o)
         run = self.runs.get(run_id)
         if run is None:
@@ -418,41 +505,38 @@ class RunManager:
             if st is None:
                 return []  # an unknown run: nothing to account
             return await self._late_outcome(run_id, item_id, o)
-        replacing = run.dead.get(item_id)  # a replayed dead letter that now ended for real
+        replacing = run.dead.get(item_id)
+        if replacing is None:  # no longer a dead letter (handled meanwhile): the batch path
+            got = (await self._outcomes([o]))[0]
+            if isinstance(got, BaseException):
+                raise got
+            return got
         dead = o.WhichOneof("kind") == "rejection" and o.rejection.reason.startswith(DEAD_LETTER_PREFIX)
-        if (item_id in run.seen and (replacing is None or dead)) or item_id in run.recording:
-            return []  # redelivered outcome: already counted / written (or being recorded now)
+        if dead or item_id in run.recording:
+            return []  # the dead letter again, or being recorded now
         if o.WhichOneof("kind") == "rejection":
             key: tuple[str, str] | None = (o.rejection.stage, o.rejection.reason)
         elif run.state != "running" or run.accepted >= run.config.target:
             key = (STAGE, "over_target")
         else:
             key = None
+        # A replayed dead letter that now ended for real: its entry is replaced.
         if key is not None:
-            # Durable before the ack: a redelivery after a crash finds the entry.
             run.recording.add(item_id)
             try:
-                if replacing is not None:
-                    stored = await ledger.record(await self.ledger_kv(), run_id, item_id, *key, replace=True)
-                else:  # one ledger entry for the batch's rejections (``seen`` keeps counts exact)
-                    await self._ledger_batch.record(run_id, item_id, *key)
-                    stored = True
+                stored = await ledger.record(await self.ledger_kv(), run_id, item_id, *key, replace=True)
             finally:
                 run.recording.discard(item_id)
-            if replacing is not None:
-                self._undo_dead(run, item_id, replacing)
+            self._undo_dead(run, item_id, replacing)
             run.seen.add(item_id)
             if stored:
                 run.finished += 1
                 run.rejections[key] += 1
-                if dead:
-                    run.dead[item_id] = key
             run.wake.set()
             if run.state in CLOSED_STATES:
                 self._schedule_late_save(run)
             return []
-        if replacing is not None:
-            self._undo_dead(run, item_id, replacing)
+        self._undo_dead(run, item_id, replacing)
         run.seen.add(item_id)
         run.finished += 1
         run.wake.set()
@@ -462,16 +546,19 @@ class RunManager:
             run.buffer_since = time.monotonic()
         row = pair_row(o.pair) if o.WhichOneof("kind") == "pair" else record_row(o.record)
         run.buffer.append((row, item_id, fut))
+        self._maybe_flush(run)
+        await fut
+        await ledger.forget(await self.ledger_kv(), run_id, item_id)  # the shard is its record now
+        return []
+
+    def _maybe_flush(self, run: Run) -> None:
+        """Write the run's buffer now when it is full enough or nothing else will come soon."""
         if (
             len(run.buffer) >= min(run.config.shard_max_records, self.sink_capacity)
             or run.accepted >= run.config.target
             or self._sink_busy >= self.sink_loops  # every fetch loop waits on this buffer
         ):
             asyncio.create_task(self._flush(run))
-        await fut
-        if replacing is not None:  # the shard is its record now
-            await ledger.forget(await self.ledger_kv(), run_id, item_id)
-        return []
 
     async def on_dead_letter(self, o: pb.Outcome, reason: str, detail: str) -> list[Publish]:
         """The sink worker's dead-letter hook: an outcome the sink could not process still ends
@@ -483,7 +570,10 @@ class RunManager:
             schema_version=SCHEMA, run_id=run_id, item_id=item_id, stage=STAGE,
             reason=DEAD_LETTER_PREFIX + reason, detail=detail[:1000],
         ))  # fmt: skip
-        return await self._outcome(dead)
+        got = (await self._outcomes([dead]))[0]
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     @staticmethod
     def _undo_dead(run: Run, item_id: str, key: tuple[str, str]) -> None:

@@ -232,3 +232,31 @@ async def test_shard_is_written_once_every_sink_fetch_loop_waits_on_it(js, tmp_p
     assert asyncio.get_running_loop().time() - t0 < 0.25  # not the 0.3 s idle flush
     assert [s.records for s in read_manifest(store, run_id).shards] == [5]
     await m.close()
+
+
+async def test_a_sink_batch_stores_one_ledger_entry_per_run_and_a_failed_one_is_retried(js, tmp_path):
+    store = LocalStore(tmp_path)
+    m = await manager(js, store)
+    a = await m.start_run(pb.RunConfig(target=50, shard_max_records=100, shard_max_seconds=0.2))
+    b = await m.start_run(pb.RunConfig(target=50, shard_max_records=100, shard_max_seconds=0.2))
+    await stop_admission(m, a)
+    await stop_admission(m, b)
+    batch = [reject(a, i) for i in range(4)] + [reject(b, i) for i in range(3)] + [record(a, 10), record(b, 10)]
+    assert await m.handle_outcomes(batch) == [[]] * len(batch)
+    assert m._ledger_batch.entries_written == 2  # one entry per run, not one per rejection
+    assert (m.runs[a].finished, m.runs[a].accepted, m.runs[b].finished, m.runs[b].accepted) == (5, 1, 4, 1)
+
+    real = m._ledger_batch.record_many
+
+    async def down(run_id, rejections):
+        raise ConnectionError("ledger down")
+
+    m._ledger_batch.record_many = down
+    res = await m.handle_outcomes([reject(a, 20), record(a, 21)])
+    # The rejection is not counted and comes back; the record in the same batch is unaffected.
+    assert isinstance(res[0], ConnectionError) and res[1] == []
+    assert m.runs[a].finished == 6 and f"{a}-{20:07d}" not in m.runs[a].seen
+    m._ledger_batch.record_many = real
+    assert await m.handle_outcomes([reject(a, 20)]) == [[]]
+    assert m.runs[a].finished == 7 and m.runs[a].rejections[("filter", "duplicate")] == 5
+    await m.close()
