@@ -86,21 +86,30 @@ class _Fold:
     owners: dict[str, str] = field(default_factory=dict)  # exact: key -> first claimant
     exact: dict[tuple[str, str], bool] = field(default_factory=dict)  # (item, key) -> owns it
     status: dict[str, str] = field(default_factory=dict)  # near: item -> kept | dup | released
-    sigs: dict[str, np.ndarray] = field(default_factory=dict)  # near: kept items' signatures
     matches: dict[str, NearDupMatch] = field(default_factory=dict)  # near: dup item -> its match
-    bands: dict[bytes, list[str]] = field(default_factory=dict)
+    # Kept claims' signatures, one row each in claim order (released ones stay, marked dead);
+    # the band tables list rows, so a claim's candidates are compared in one numpy operation.
+    mat: np.ndarray | None = None
+    alive: np.ndarray | None = None
+    rows: int = 0
+    row_of: dict[str, int] = field(default_factory=dict)
+    items: list[str] = field(default_factory=list)
+    bands: dict[int, list[int]] = field(default_factory=dict)
     waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
 
     def apply(self, seq: int, entry: list) -> None:
+        near = iter(self._signatures([data for kind, _, data in entry if kind == NEAR]))
         for kind, item, data in entry:
             if kind == EXACT:
                 owner = self.owners.setdefault(data, item)
                 self.exact.setdefault((item, data), owner == item)
             elif kind == NEAR:
-                self._near(item, data)
+                self._near(item, *next(near))
             elif kind == RELEASE and self.status.get(item) == "kept":
                 self.status[item] = "released"
-                self.sigs.pop(item, None)
+                row = self.row_of.get(item)
+                if row is not None and self.alive is not None:
+                    self.alive[row] = False
         self.seq = seq
         still = []
         for want, fut in self.waiters:
@@ -111,35 +120,54 @@ class _Fold:
                 still.append((want, fut))
         self.waiters = still
 
-    def _near(self, item: str, data: str) -> None:
+    def _signatures(self, datas: list[str]) -> list[tuple[np.ndarray, list[int]]]:
+        """(signature, band keys) of an entry's near claims, decoded and banded all at once."""
+        if not datas or self.config is None:
+            return []
+        sigs = [_decode_sig(d) for d in datas]
+        if len({len(s) for s in sigs}) == 1:
+            return list(zip(sigs, self.config.band_ids(np.stack(sigs))))
+        return [(s, self.config.band_keys(s)) for s in sigs]  # not one signature space: see _near
+
+    def _near(self, item: str, sig: np.ndarray, keys: list[int]) -> None:
         if item in self.status:  # claimed before: its first verdict stands
             return
         assert self.config is not None
-        sig = _decode_sig(data)
-        keys = self.config.band_keys(sig)
-        best: NearDupMatch | None = None
-        # Every kept claimant that shares a band, once, in claim order; compared in one go.
-        bands, sigs, n = self.bands, self.sigs, len(sig)
-        cands = [m for m in dict.fromkeys(m for k in keys for m in bands.get(k, ())) if len(sigs.get(m, ())) == n]
-        if cands:
-            others = [sigs[m] for m in cands]
-            if len(others) == 1:
-                hits = [np.count_nonzero(others[0] == sig)]
-            else:
-                hits = np.count_nonzero(np.stack(others) == sig, axis=1).tolist()
-            top = max(range(len(cands)), key=hits.__getitem__)  # the first of equals wins
-            if hits[top] / n >= self.config.threshold:
-                best = NearDupMatch(cands[top], hits[top] / n)
-        if best is not None:
-            self.status[item] = "dup"
-            self.matches[item] = best
+        if self.mat is None:
+            self.mat = np.empty((1024, len(sig)), dtype=sig.dtype)
+            self.alive = np.zeros(1024, dtype=bool)
+        if len(sig) != self.mat.shape[1]:  # not of this signature space (the tag names it): no match
+            log.error("claim log: signature of %s has %d values, expected %d; kept unindexed", item, len(sig),
+                      self.mat.shape[1])  # fmt: skip
+            self.status[item] = "kept"
             return
+        # Every live kept claimant that shares a band, once, in claim order (rows are); the
+        # first of equally similar ones wins.
+        members = [m for m in map(self.bands.get, keys) if m]
+        if members:
+            rows = np.fromiter(sorted(set().union(*members)), dtype=np.intp) if len(members) > 1 else np.asarray(members[0])
+            rows = rows[self.alive[rows]]  # type: ignore[index]
+            if rows.size:
+                hits = np.count_nonzero(self.mat[rows] == sig, axis=1)
+                top = int(hits.argmax())
+                if hits[top] / len(sig) >= self.config.threshold:
+                    self.status[item] = "dup"
+                    self.matches[item] = NearDupMatch(self.items[rows[top]], int(hits[top]) / len(sig))
+                    return
         self.status[item] = "kept"
-        self.sigs[item] = sig
+        row = self.rows
+        if row == len(self.mat):
+            self.mat = np.concatenate([self.mat, np.empty_like(self.mat)])
+            self.alive = np.concatenate([self.alive, np.zeros(len(self.alive), dtype=bool)])  # type: ignore[list-item]
+        self.mat[row] = sig
+        self.alive[row] = True  # type: ignore[index]
+        self.rows += 1
+        self.row_of[item] = row
+        self.items.append(item)
         for k in keys:
             members = self.bands.setdefault(k, [])
             if len(members) < self.max_bucket:
-                members.append(item)
+                members.append(row)
 
     def verdict(self, claim: _Claim) -> object:
         if claim.kind == EXACT:

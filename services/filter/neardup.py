@@ -196,8 +196,12 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.2, fn_weigh
 
 
 @lru_cache(maxsize=8)
-def _band_tags(bands: int) -> tuple[bytes, ...]:
-    return tuple(i.to_bytes(2, "little") for i in range(bands))
+def _band_multipliers(bands: int, rows: int) -> np.ndarray:
+    """Odd 64-bit multipliers, one per value of every band, from blake2b (the same in every
+    process): a band's id is the sum of its values times these, so equal bands get equal ids
+    and the same values in another band another id."""
+    return np.array([[_h64(f"band{i}.{j}".encode(), b"sq-lsh-band") | 1 for j in range(rows)] for i in range(bands)],
+                    dtype=np.uint64)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -232,11 +236,19 @@ class MinHashConfig:
     def signature(self, text: str) -> np.ndarray:
         return minhash_of_hashes(feature_hashes(text, self.shingle, self.number_weight), self.num_perm)
 
-    def band_keys(self, sig: np.ndarray) -> list[bytes]:
-        """In-memory LSH keys of the bands (the band's bytes and its index): no hashing needed."""
+    def band_keys(self, sig: np.ndarray) -> list[int]:
+        """In-memory LSH keys of the bands of one signature (see :meth:`band_ids`)."""
+        return self.band_ids(sig[None, :])[0]
+
+    def band_ids(self, sigs: np.ndarray) -> list[list[int]]:
+        """In-memory LSH keys of the bands of each row of ``sigs`` (signatures, one per row), in
+        one vectorized step: a 64-bit multiply-add of the band's values (``_band_multipliers``).
+        Two different bands share an id with probability about 2**-32; such a false candidate
+        is compared like any other and costs nothing else."""
         b, r = self.banding
-        raw, w = sig[: b * r].tobytes(), 4 * r
-        return [raw[i * w : (i + 1) * w] + tag for i, tag in enumerate(_band_tags(b))]
+        v = sigs[:, : b * r].astype(np.uint64).reshape(len(sigs), b, r)
+        with np.errstate(over="ignore"):
+            return (v * _band_multipliers(b, r)[None]).sum(axis=2, dtype=np.uint64).tolist()
 
     def band_hashes(self, sig: np.ndarray) -> list[str]:
         b, r = self.banding

@@ -95,6 +95,20 @@ def test_lsh_params_put_the_s_curve_at_the_threshold(threshold):
     assert p(min(threshold + 0.1, 1.0)) > 0.9 and p(threshold - 0.3) < 0.2
 
 
+def test_band_ids_are_equal_for_equal_bands_only():
+    cfg = MinHashConfig()
+    b, r = cfg.banding
+    a = cfg.signature(Q)
+    other = a.copy()
+    other[r : 2 * r] += 1  # band 1 differs, the others are equal
+    ids = cfg.band_ids(np.stack([a, other]))
+    assert ids[0] == cfg.band_keys(a) and ids[1] == cfg.band_keys(other)  # batched == one by one
+    assert [x == y for x, y in zip(*ids)] == [i != 1 for i in range(b)]
+    # the same values in another band are another key (bands are separate tables)
+    same = np.tile(a[:r], b)
+    assert len(set(cfg.band_keys(same))) == b
+
+
 def test_config_tag_changes_with_the_signature_space_only():
     base = MinHashConfig()
     assert base.tag == MinHashConfig().tag
