@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -137,6 +138,16 @@ def _header_value(text: str, limit: int = DETAIL_LIMIT) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def _items_in(msg: Msg) -> int:
+    """Items a fetched message carries by its envelope header (1 for a plain message)."""
+    if not envelope.is_envelope(msg.headers):
+        return 1
+    try:
+        return max(1, int(msg.headers[envelope.H_ENVELOPE]))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _describe(err: BaseException) -> str:
@@ -345,7 +356,7 @@ class StageWorker(Generic[T]):
             if not msgs:
                 continue
             if not self._calibrated:
-                msgs += await self._calibrate(sub, msgs[0], len(msgs))
+                msgs += await self._calibrate(sub, msgs)
             self._inflight += 1
             try:
                 await self._process_batch(msgs)
@@ -356,25 +367,33 @@ class StageWorker(Generic[T]):
             finally:
                 self._inflight -= 1
 
-    async def _calibrate(self, sub: Any, first: Msg, have: int) -> list[Msg]:
-        """Size fetches from the first message (its items), then top the first batch up."""
+    async def _calibrate(self, sub: Any, first: list[Msg]) -> list[Msg]:
+        """Size fetches from the items of the first messages, topping the first batch up to about
+        ``batch_size`` items in growing steps (1, 2, 4, ... messages). Trusting the first message
+        alone misjudged a queue whose first message is a single item and the rest envelopes:
+        one loop took the whole backlog, up to batch_size x 64 items, as one batch, and worked
+        through it batch_size at a time while the other loops found nothing to fetch."""
         self._calibrated = True
-        per = 1
-        if envelope.is_envelope(first.headers):
+        msgs, items = len(first), sum(_items_in(m) for m in first)
+        extra: list[Msg] = []
+        step = 1
+        while items < self.batch_size:
+            per = items / msgs
+            step *= 2
+            want = min(step, max(1, math.ceil((self.batch_size - items) / per)))
             try:
-                per = max(1, int(first.headers[envelope.H_ENVELOPE]))
-            except ValueError:
-                per = self.batch_size
-        self._items_per_msg = float(per)
-        want = self._fetch_size() - have
-        if want <= 0:
-            return []
-        try:
-            return await fetch_ready(sub, want, min(self.fetch_timeout, 0.05), self.fetch_linger)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 -- nothing more ready (timeout) or a hiccup: go with what we have
-            return []
+                got = await fetch_ready(sub, want, min(self.fetch_timeout, 0.05), self.fetch_linger)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 -- nothing more ready (timeout) or a hiccup: go with what we have
+                got = []
+            if not got:
+                break
+            extra += got
+            msgs += len(got)
+            items += sum(_items_in(m) for m in got)
+        self._items_per_msg = max(1.0, items / msgs)
+        return extra
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         try:

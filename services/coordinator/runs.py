@@ -691,8 +691,8 @@ class RunManager:
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
-            if len(run.buffer) >= cap:
-                asyncio.create_task(self._flush(run))
+            if run.buffer:  # records after this shard's: full, or every fetch loop still waits on them
+                self._maybe_flush(run)
         ann = pb.ShardAnnouncement(
             run_id=run.run_id, key=info.key, records=info.records, seq=info.seq, store=self.store.url
         )

@@ -132,8 +132,32 @@ async def test_fetch_size_follows_items_per_message(js):
         await wait_until(lambda: w.stats.acked == 64, what="64 acks")
     finally:
         await w.stop()
-    # The first fetch takes up to 16 messages (128 items); later ones about 16 items.
-    assert max(batches[1:], default=0) <= 32, batches
+    # Every fetched batch holds about 16 items, the first one included.
+    assert max(batches, default=0) <= 32, batches
+
+
+async def test_a_single_item_first_message_does_not_make_the_backlog_one_batch(js):
+    """The first messages size the fetches: a plain single-item message ahead of a backlog of
+    envelopes must not make one loop fetch batch_size envelopes (the whole backlog)."""
+    fetched: list[int] = []
+
+    async def handler(items):
+        return outputs(items)
+
+    def on_event(name, fields):
+        if name == "batch":
+            fetched.append(fields["handled"])
+
+    await js.publish(IN.subject, json.dumps({"id": "single"}).encode(), headers={"Nats-Msg-Id": "in.single"})
+    for k in range(20):
+        await publish_envelope(js, [f"b{k}-{i}" for i in range(16)])
+    w = make_worker(js, handler, batch_size=32, concurrency=2, on_event=on_event)
+    await w.start()
+    try:
+        await wait_until(lambda: w.stats.acked == 321, what="321 acks")
+    finally:
+        await w.stop()
+    assert sum(fetched) == 321 and max(fetched) <= 64, fetched
 
 
 async def test_redelivered_envelope_outputs_are_deduplicated(js):
