@@ -51,18 +51,17 @@ from benchmarks.common import (
     table,
     write_result,
 )
+from libs.settings import CommonSettings
 from services.coordinator.settings import CoordinatorSettings
-from services.filter.settings import FilterSettings
 
 NAME = "orchestration"
 STAGES = ("questiongen", "filter", "solver", "reward", "coordinator")
 STAGE_QUEUE = {"questiongen": "GENERATE", "filter": "FILTER", "solver": "SOLVE", "reward": "SCORE",
                "coordinator": "SINK"}  # fmt: skip
-# Services whose shipped batch size differs from the common default keep it (the others get
-# --batch-size): the coordinator's fetch window bounds the records one shard write collects,
-# and the filter's costs are per batch (services/*/settings.py).
-SERVICE_BATCH = {name: {"SQ_BATCH_SIZE": str(cls.model_fields["batch_size"].default)}
-        for name, cls in (("coordinator", CoordinatorSettings), ("filter", FilterSettings))}  # fmt: skip
+# Services whose shipped batch size differs from the common one keep it (the others get
+# --batch-size): the coordinator's fetch window bounds the records one shard write collects
+# (services/coordinator/settings.py).
+SERVICE_BATCH = {"coordinator": {"SQ_BATCH_SIZE": str(CoordinatorSettings.model_fields["batch_size"].default)}}
 VARIANTS = {
     "default": {},
     "no-envelopes": {"SQ_ENVELOPE_MAX_ITEMS": "1"},
@@ -493,7 +492,8 @@ def main() -> None:
     p.add_argument("--items", type=int, default=20_000, help="tasks admitted in each end-to-end run")
     p.add_argument("--stage-items", type=int, default=4_000, help="tasks queued for the per-stage drains")
     p.add_argument("--outstanding", type=int, default=2_048, help="the run's max_outstanding")
-    p.add_argument("--batch-size", type=int, default=16, help="SQ_BATCH_SIZE of the engine stages (16 is their shipped default); filter and coordinator keep theirs")
+    p.add_argument("--batch-size", type=int, default=CommonSettings.model_fields["batch_size"].default,
+                   help="SQ_BATCH_SIZE of every stage but the coordinator (default: the shipped one)")
     p.add_argument("--concurrency", type=int, default=2, help="SQ_WORKER_CONCURRENCY of every service")
     p.add_argument("--raw-messages", type=int, default=20_000)
     p.add_argument("--relay-items", type=int, default=30_000, help="items through the pass-through chain")

@@ -36,6 +36,7 @@ from benchmarks.common import (
     write_result,
 )
 from benchmarks.orchestration import SERVICE_BATCH, timed_run
+from libs.settings import CommonSettings
 
 NAME = "scaling"
 
@@ -140,7 +141,8 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=250.0, help="wait per solver generate call (latency engine)")
     p.add_argument("--items", type=int, default=1500)
     p.add_argument("--outstanding", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=16, help="SQ_BATCH_SIZE (the shipped default)")
+    p.add_argument("--batch-size", type=int, default=CommonSettings.model_fields["batch_size"].default,
+                   help="SQ_BATCH_SIZE (default: the shipped one)")
     p.add_argument("--concurrency", type=int, default=2, help="SQ_WORKER_CONCURRENCY (the shipped default)")
     args = p.parse_args()
     args.replicas = sorted(set(args.replicas))

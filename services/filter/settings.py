@@ -12,12 +12,6 @@ from libs.settings import CommonSettings
 
 class FilterSettings(CommonSettings, DifficultyModelSettings):
     grpc_port: int = Field(50062, ge=0, le=65535)
-    # Larger batches than the engine stages: most of the filter's work is per batch (one
-    # claim-log entry per kind and scope, one judge fan-out, one envelope per subject), and its
-    # judge is a short greedy call, so a batch's slowest item holds the others back only briefly.
-    # Measured end to end with a zero-cost engine: x1.2 items/s over 16 (docs/benchmarks.md).
-    batch_size: int = Field(64, ge=1, le=1024, description="Questions per batch (the filter's claims and judge "
-                            "calls are made once per batch).")  # fmt: skip
     # --- learned difficulty (METHOD §4; libs/difficulty.py) ------------------------------
     # With SQ_DIFFICULTY_MODEL set, every passing question gets `predicted_difficulty`; questions
     # predicted easier than this are rejected as too_easy (the paper trims the easiest).
