@@ -109,7 +109,7 @@ class FakeEngine(Engine):
         completions = []
         for index in range(params.n):
             raw = self._responder(prompt, params, index)
-            if inspect.isawaitable(raw):
+            if not isinstance(raw, str) and inspect.isawaitable(raw):
                 raw = await raw
             completions.append(self._finish(str(raw), params))
         self.generated_tokens += sum(c.num_tokens for c in completions)

@@ -19,7 +19,7 @@ _REWRITE = re.compile(r"Problem:\n(.*?)\n\nFirst .*?\"(### Improved problem:)\""
 
 def math_responder(prompt: str, params: SamplingSpec, index: int) -> str:
     seed = params.seed or 0
-    m = _REWRITE.search(prompt)
+    m = _REWRITE.search(prompt) if "### Improved problem:" in prompt else None  # the regex alone cost 3 us a call
     if m:  # QPO optimizer
         problem, marker = m.group(1).strip(), m.group(2)
         if seed % 5 == 0:
