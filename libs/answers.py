@@ -60,6 +60,9 @@ def extract_answer(text: str, fallback: bool = False) -> tuple[str, str]:
     return "", ""
 
 
+_INTEGER = re.compile(r"[+-]?\d{1,300}")
+
+
 def _normalize_simple(ans: str) -> str:
     s = ans.strip().strip("$").replace(" ", "").replace("\\!", "").replace(",", "")
     s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
@@ -153,8 +156,11 @@ def equivalent(a: str, b: str) -> bool:
     """Whether two extracted answers are mathematically equivalent (math-verify)."""
     if not a or not b:
         return False
-    if _normalize_simple(a) == _normalize_simple(b):
+    na, nb = _normalize_simple(a), _normalize_simple(b)
+    if na == nb:
         return True
+    if _INTEGER.fullmatch(na) and _INTEGER.fullmatch(nb):
+        return int(na) == int(nb)  # two integers (most grade-school answers): no parser needed
     if not (sympy_safe(a) and sympy_safe(b)):
         return False
     return _verified(a, b) if a <= b else _verified(b, a)

@@ -39,3 +39,14 @@ def test_equivalence():
 
 def test_grouping():
     assert group_equivalent(["2", "2.0", "3", "", r"\frac{4}{2}"]) == [0, 0, 1, -1, 0]
+
+
+def test_two_integers_are_compared_without_the_parser():
+    from libs.answers import _verified
+
+    before = _verified.cache_info()
+    assert not equivalent("54", "55") and equivalent("054", "54") and equivalent("+7", "7")
+    assert not equivalent("-3", "3") and equivalent("1,000", "1000")
+    after = _verified.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)  # math-verify never asked
+    assert equivalent("12", "12.0")  # not two integers: still math-verify's call
