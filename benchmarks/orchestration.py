@@ -198,16 +198,20 @@ async def per_stage(workdir: Path, items: int, batch: int, concurrency: int, ext
     return out
 
 
-async def processed_items(pipe, run_id: str, tasks: int, timeout: float = 10.0) -> dict[str, int]:
-    """Items each stage processed in a run (the stages' counters, flushed to KV every second)."""
+async def processed_items(pipe, run_id: str, tasks: int, timeout: float = 15.0) -> dict[str, int]:
+    """Items each stage processed in a run (the stages' counters, flushed to KV every second):
+    read until questiongen has all ``tasks`` and no counter changed for 1.5 s, so a stage whose
+    last flush is still due is not read as 0."""
     from libs.queue.kv import kv_get_json, kv_keys
 
-    t0, done = time.monotonic(), {}
+    t0, done, last, since = time.monotonic(), {}, None, time.monotonic()
     while time.monotonic() - t0 < timeout:
         done = collections.Counter()
         for key in await kv_keys(pipe.kv, f"run.{run_id}.stage."):
             done[key.split(".")[3]] += int((await kv_get_json(pipe.kv, key) or {}).get("processed", 0))
-        if done.get("questiongen", 0) >= tasks:
+        if done != last:
+            last, since = done, time.monotonic()
+        elif done.get("questiongen", 0) >= tasks and time.monotonic() - since >= 1.5:
             break
         await asyncio.sleep(0.3)
     return dict(done)
