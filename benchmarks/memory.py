@@ -87,8 +87,12 @@ async def processes(args, workdir: Path, real: bool) -> dict[str, Any]:
     env = {"SQ_LOG_LEVEL": "WARNING", "SQ_SOLVE_PROMPT": rargs.solver_prompt, "SQ_JUDGE_MAX_TOKENS": str(rargs.judge_max_tokens)}
     if real:
         env.update(SQ_ENGINE="vllm", SQ_MODEL="default", VLLM_LOGGING_LEVEL="WARNING")
-    # Service defaults for batching (16 x 2) and JetStream ack wait (60 s: vLLM batches are slow).
-    pipe = ProcessPipeline(workdir, env=env, ack_wait=60.0, batch_size=16, concurrency=2)
+    # Service defaults for batching (the shipped batch x 2 loops) and JetStream ack wait (60 s:
+    # vLLM batches are slow).
+    from libs.settings import CommonSettings
+
+    pipe = ProcessPipeline(workdir, env=env, ack_wait=60.0, batch_size=CommonSettings.model_fields["batch_size"].default,
+                           concurrency=2)  # fmt: skip
 
     def roots() -> dict[str, int]:
         out = {name: p.pid for name, p in pipe.procs.items() if p.pid}
