@@ -160,7 +160,7 @@ class FilterStage:
         if self.decontam is not None:
             hit = self.decontam.check(text)
             res.add(verdict("decontam", hit is None, "contaminated" if hit else "",
-                              f"benchmark={hit.benchmark} ngram={hit.ngram!r}" if hit else ""))  # fmt: skip
+                            f"benchmark={hit.benchmark} ngram={hit.ngram!r}" if hit else ""))  # fmt: skip
         return res
 
     async def check_many(self, entries: Sequence[tuple[str, str, str, bool]]) -> list[CheckResult | BaseException]:
@@ -194,7 +194,7 @@ class FilterStage:
                     out[i] = match
                 elif match is not None:
                     out[i].add(verdict("dedup", False, "near_duplicate",  # type: ignore[union-attr]
-                                                   f"of {match.item_id} (similarity {match.similarity:.2f})"))  # fmt: skip
+                                       f"of {match.item_id} (similarity {match.similarity:.2f})"))  # fmt: skip
                 else:
                     claimed_near.add(i)
         kinds = "+".join(k for k, on in (("exact", exact_on), ("near", near_on)) if on)
