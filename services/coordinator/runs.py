@@ -27,7 +27,9 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 from scalequest.common.v1 import items_pb2 as pb
@@ -414,7 +416,7 @@ class RunManager:
     async def _outcomes(self, outcomes: list[pb.Outcome]) -> list[list[Publish] | BaseException]:
         self._last_outcome = now = time.monotonic()
         results: list[list[Publish] | BaseException] = [[] for _ in outcomes]
-        single: list[int] = []  # the per-item path (_outcome)
+        single: list[tuple[int, Coroutine[Any, Any, list[Publish]]]] = []  # the per-item path
         rejected: dict[str, tuple[Run, list[tuple[int, str, tuple[str, str], bool]]]] = {}
         waits: list[tuple[int, asyncio.Future]] = []
         filled: dict[str, Run] = {}
@@ -422,27 +424,17 @@ class RunManager:
             try:
                 run_id, item_id = item_ids(o)
                 run = self.runs.get(run_id)
-                if run is None or item_id in run.dead:
-                    single.append(k)
+                if run is None:
+                    single.append((k, self._unloaded_outcome(run_id, item_id, o)))
+                    continue
+                if item_id in run.dead:
+                    single.append((k, self._replace_dead(run, item_id, o)))
                     continue
                 if item_id in run.seen or item_id in run.recording:
                     continue  # redelivered outcome: already counted / written (or being recorded now)
-                kind = o.WhichOneof("kind")
-                if kind == "rejection":
-                    key = (o.rejection.stage, o.rejection.reason)
-                    dead = o.rejection.reason.startswith(DEAD_LETTER_PREFIX)
-                elif run.state != "running" or run.accepted >= run.config.target:
-                    key, dead = (STAGE, "over_target"), False
-                else:
-                    row = pair_row(o.pair) if kind == "pair" else record_row(o.record)
-                    run.seen.add(item_id)
-                    run.finished += 1
-                    run.accepted += 1
-                    fut = asyncio.get_running_loop().create_future()
-                    if not run.buffer:
-                        run.buffer_since = now
-                    run.buffer.append((row, item_id, fut))
-                    waits.append((k, fut))
+                key = self._end_key(run, o)
+                if key is None:
+                    waits.append((k, self._buffer_record(run, item_id, o, now)))
                     filled[run_id] = run
                     continue
             except Exception as e:  # noqa: BLE001 -- this outcome's error; the batch goes on
@@ -450,6 +442,7 @@ class RunManager:
                 continue
             # Durable before the ack: a redelivery after a crash finds the entry.
             run.recording.add(item_id)
+            dead = key[1].startswith(DEAD_LETTER_PREFIX)
             rejected.setdefault(run_id, (run, []))[1].append((k, item_id, key, dead))
         for run in filled.values():
             run.wake.set()
@@ -475,8 +468,8 @@ class RunManager:
                 self._schedule_late_save(run)
 
         async def one_by_one() -> None:
-            done = await gather_eager((self._outcome(outcomes[k]) for k in single), return_exceptions=True)
-            for k, r in zip(single, done):
+            done = await gather_eager((c for _, c in single), return_exceptions=True)
+            for (k, _), r in zip(single, done):
                 results[k] = r
 
         async def stored() -> None:
@@ -493,38 +486,51 @@ class RunManager:
         await gather_eager(phases)
         return results
 
-    async def _outcome(self, o: pb.Outcome) -> list[Publish]:
-        """One outcome of a run not loaded here, or a replayed dead letter of a loaded run."""
-        run_id, item_id = item_ids(o)
-        run = self.runs.get(run_id)
-        if run is None:
-            st = await kv_get_json(self.kv, state_key(run_id))
-            if st and st.get("state") in ("running", FINISHING):
-                # Owned by a coordinator that is starting up or by another replica: retry later.
-                raise TransientError(f"run {run_id} not loaded here yet", delay=2.0)
-            if st is None:
-                return []  # an unknown run: nothing to account
-            return await self._late_outcome(run_id, item_id, o)
-        replacing = run.dead.get(item_id)
-        if replacing is None:  # no longer a dead letter (handled meanwhile): the batch path
-            got = (await self._outcomes([o]))[0]
-            if isinstance(got, BaseException):
-                raise got
-            return got
-        dead = o.WhichOneof("kind") == "rejection" and o.rejection.reason.startswith(DEAD_LETTER_PREFIX)
-        if dead or item_id in run.recording:
-            return []  # the dead letter again, or being recorded now
+    @staticmethod
+    def _end_key(run: Run, o: pb.Outcome) -> tuple[str, str] | None:
+        """The (stage, reason) an outcome ends its item with; None for a record to write."""
         if o.WhichOneof("kind") == "rejection":
-            key: tuple[str, str] | None = (o.rejection.stage, o.rejection.reason)
-        elif run.state != "running" or run.accepted >= run.config.target:
-            key = (STAGE, "over_target")
-        else:
-            key = None
-        # A replayed dead letter that now ended for real: its entry is replaced.
+            return (o.rejection.stage, o.rejection.reason)
+        if run.state != "running" or run.accepted >= run.config.target:
+            return (STAGE, "over_target")
+        return None
+
+    def _buffer_record(self, run: Run, item_id: str, o: pb.Outcome, now: float) -> asyncio.Future:
+        """Count an accepted record and queue it for the run's next shard; the future resolves
+        once the shard is durable. (The caller wakes the run and decides on flushing.)"""
+        row = pair_row(o.pair) if o.WhichOneof("kind") == "pair" else record_row(o.record)
+        run.seen.add(item_id)
+        run.finished += 1
+        run.accepted += 1
+        fut = asyncio.get_running_loop().create_future()
+        if not run.buffer:
+            run.buffer_since = now
+        run.buffer.append((row, item_id, fut))
+        return fut
+
+    async def _unloaded_outcome(self, run_id: str, item_id: str, o: pb.Outcome) -> list[Publish]:
+        """An outcome of a run not loaded here: retried while another coordinator owns the run,
+        accounted in the ledger and KV counters when the run has ended."""
+        st = await kv_get_json(self.kv, state_key(run_id))
+        if st and st.get("state") in ("running", FINISHING):
+            # Owned by a coordinator that is starting up or by another replica: retry later.
+            raise TransientError(f"run {run_id} not loaded here yet", delay=2.0)
+        if st is None:
+            return []  # an unknown run: nothing to account
+        return await self._late_outcome(run_id, item_id, o)
+
+    async def _replace_dead(self, run: Run, item_id: str, o: pb.Outcome) -> list[Publish]:
+        """A replayed dead letter of a loaded run that now ended for real: its ledger entry is
+        replaced (a rejection) or forgotten once its record is in a shard."""
+        replacing = run.dead.get(item_id)
+        dead = o.WhichOneof("kind") == "rejection" and o.rejection.reason.startswith(DEAD_LETTER_PREFIX)
+        if replacing is None or dead or item_id in run.recording:
+            return []  # replaced meanwhile (a copy in the same batch), the dead letter again, or being recorded
+        key = self._end_key(run, o)
         if key is not None:
             run.recording.add(item_id)
             try:
-                stored = await ledger.record(await self.ledger_kv(), run_id, item_id, *key, replace=True)
+                stored = await ledger.record(await self.ledger_kv(), run.run_id, item_id, *key, replace=True)
             finally:
                 run.recording.discard(item_id)
             self._undo_dead(run, item_id, replacing)
@@ -537,18 +543,11 @@ class RunManager:
                 self._schedule_late_save(run)
             return []
         self._undo_dead(run, item_id, replacing)
-        run.seen.add(item_id)
-        run.finished += 1
+        fut = self._buffer_record(run, item_id, o, time.monotonic())
         run.wake.set()
-        run.accepted += 1
-        fut = asyncio.get_running_loop().create_future()
-        if not run.buffer:
-            run.buffer_since = time.monotonic()
-        row = pair_row(o.pair) if o.WhichOneof("kind") == "pair" else record_row(o.record)
-        run.buffer.append((row, item_id, fut))
         self._maybe_flush(run)
         await fut
-        await ledger.forget(await self.ledger_kv(), run_id, item_id)  # the shard is its record now
+        await ledger.forget(await self.ledger_kv(), run.run_id, item_id)  # the shard is its record now
         return []
 
     def _maybe_flush(self, run: Run) -> None:

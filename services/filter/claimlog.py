@@ -203,9 +203,6 @@ class ClaimLog:
         return f"xlog.{_safe(scope)}" if kind == EXACT else f"nlog.{_safe(scope)}.{self.config.tag}"
 
     # ------------------------------------------------------------------ claims
-    async def _claim(self, kind: str, scope: str, item_id: str, data: str) -> object:
-        return await self._batcher.submit(self._log_prefix(kind, scope), _Claim(kind, item_id, data))
-
     async def _claim_many(self, kind: str, scope: str, claims: list[tuple[str, str]]) -> list[object]:
         """Verdicts of ``(item_id, data)`` claims of one kind and scope (one future for all)."""
         return await self._batcher.submit_many(self._log_prefix(kind, scope), [_Claim(kind, i, d) for i, d in claims])
@@ -283,7 +280,7 @@ class _ExactView:
 
     async def claim(self, scope: str, key: str, item_id: str) -> bool:
         """True when ``item_id`` owns ``key`` in ``scope`` (first claimant), False for a duplicate."""
-        return bool(await self._log._claim(EXACT, scope, item_id, key))
+        return (await self.claim_many(scope, [(key, item_id)]))[0]
 
     async def claim_many(self, scope: str, claims: list[tuple[str, str]]) -> list[bool]:
         """:meth:`claim` of ``(key, item_id)`` pairs, in one log entry with whatever else this tick claims."""
@@ -296,12 +293,11 @@ class _NearView:
 
     async def claim(self, scope: str, item_id: str, text: str) -> NearDupMatch | None:
         """None when ``text`` is no near duplicate of a kept claim before it, else the best match."""
-        sig = self._log.config.signature(text)
-        return await self._log._claim(NEAR, scope, item_id, _encode_sig(sig))  # type: ignore[return-value]
+        return (await self.claim_many(scope, [(item_id, text)]))[0]
 
     async def release(self, scope: str, item_id: str) -> None:
         """Give the item's claim up (a later check rejected it)."""
-        await self._log._claim(RELEASE, scope, item_id, "")
+        await self.release_many(scope, [(item_id,)])
 
     async def claim_many(self, scope: str, claims: list[tuple[str, str]]) -> list[NearDupMatch | None]:
         """:meth:`claim` of ``(item_id, text)`` pairs, in one log entry with whatever else this tick claims."""

@@ -215,6 +215,19 @@ async def test_replayed_dead_letter_replaces_its_ledger_entry(js, tmp_path):
     await m.close()
 
 
+async def test_a_replayed_dead_letter_twice_in_one_batch_counts_once(js, tmp_path):
+    store = LocalStore(tmp_path)
+    m = await manager(js, store)
+    run_id = await m.start_run(pb.RunConfig(target=10, shard_max_records=1, shard_max_seconds=0.2))
+    await stop_admission(m, run_id)
+    await m.handle_outcomes([reject(run_id, 0, "dlq_malformed")])
+    res = await m.handle_outcomes([record(run_id, 0), record(run_id, 0)])
+    run = m.runs[run_id]
+    assert res == [[], []] and run.accepted == 1 and run.finished == 1 and not run.dead
+    assert existing_item_ids(store, run_id) == {f"{run_id}-0000000"}
+    await m.close()
+
+
 async def test_shard_is_written_once_every_sink_fetch_loop_waits_on_it(js, tmp_path):
     """Small batches (a slower stage upstream) must not wait for the idle timer or
     shard_max_seconds: when every fetch loop of the sink has handed over its batch, nothing new
