@@ -33,6 +33,9 @@ from services.reward.settings import RewardSettings
 
 STAGE = "reward"
 
+# The judge reads the first answer token's top log-probs, greedily: one sampling spec for every call.
+JUDGE_SAMPLING = SamplingSpec(temperature=0.0, max_tokens=1, seed=0, logprobs=20)
+
 JUDGE_PROMPT = (
     "Here is a math problem and a proposed solution.\n\nProblem:\n{question}\n\nSolution:\n{solution}\n\n"
     "Is the solution correct, with the right final answer? Answer Yes or No."
@@ -93,7 +96,7 @@ class RewardStage:
         prompt = self.engine.apply_chat_template(
             [{"role": "user", "content": JUDGE_PROMPT.format(question=question, solution=solution)}]
         )
-        out = await self.engine.generate(prompt, SamplingSpec(temperature=0.0, max_tokens=1, seed=0, logprobs=20))
+        out = await self.engine.generate(prompt, JUDGE_SAMPLING)
         c = out.completions[0]
         p_yes, p_no = yes_no_probs(c.top_logprobs[0] if c.top_logprobs else {})
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
@@ -101,33 +104,31 @@ class RewardStage:
     async def score(
         self, question: str, cands: list[pb.Candidate], rule: str, min_agreement: int, labels: list[int] | None = None
     ) -> tuple[list[pb.Candidate], Selection]:
-        """Fill rm_score, judge_score, agreement and reward on copies of `cands`, then select.
-        ``labels``: the answers' equivalence classes when the caller grouped them already."""
-        scored = [pb.Candidate() for _ in cands]
-        for dst, src in zip(scored, cands):
-            dst.CopyFrom(src)
+        """Fill rm_score, judge_score, agreement and reward of ``cands`` (in place: callers pass
+        their own messages), then select. ``labels``: the answers' equivalence classes when the
+        caller grouped them already."""
         if labels is None:
-            labels = await asyncio.to_thread(group_equivalent, [c.answer for c in scored])
+            labels = await asyncio.to_thread(group_equivalent, [c.answer for c in cands])
         shares = agreement_shares(labels)
         # Candidates without an answer can never be selected: don't spend a judge call on them.
         if self.judging:
-            judge_task = gather_eager(self.judge_score(question, c.text) if c.answer else _zero() for c in scored)
+            judge_task = gather_eager(self.judge_score(question, c.text) if c.answer else _zero() for c in cands)
         else:
-            judge_task = _zeros(len(scored))
-        rm_task = self.rm_scores(question, scored) if self.reward_model is not None else _nones(len(scored))
+            judge_task = _zeros(len(cands))
+        rm_task = self.rm_scores(question, cands) if self.reward_model is not None else _nones(len(cands))
         judged, rms = await gather_eager((judge_task, rm_task))
         w_j = self.settings.judge_weight if self.judging else 0.0
         w_r = self.settings.reward_model_weight if self.reward_model is not None else 0.0
         w_a = self.settings.agreement_weight
         total = (w_j + w_a + w_r) or 1.0
-        for c, share, j, rm in zip(scored, shares, judged, rms):
+        for c, share, j, rm in zip(cands, shares, judged, rms):
             c.agreement = share
             c.judge_score = j
             if rm is not None:
                 c.rm_score = rm
             c.reward = (w_j * j + w_a * share + w_r * (rm or 0.0)) / total
-        sel = select(labels, [c.reward for c in scored], rule or self.settings.selection_rule, min_agreement or self.settings.min_agreement)
-        return scored, sel
+        sel = select(labels, [c.reward for c in cands], rule or self.settings.selection_rule, min_agreement or self.settings.min_agreement)
+        return cands, sel
 
     async def handle(self, items: list[pb.SolvedQuestion]) -> list[list[Publish] | BaseException]:
         # Answer equivalence (sympy) off the event loop, in one thread hop for the whole batch.
@@ -153,21 +154,18 @@ class RewardStage:
                               reason=sel.rejected_reason or None)
         if sel.index < 0:
             return [rejection(q.run_id, q.item_id, STAGE, sel.rejected_reason, sel.reason, q.text)]
-        solved = pb.SolvedQuestion()
-        solved.CopyFrom(s)
-        del solved.candidates[:]
-        solved.candidates.extend(scored)
-        record = pb.FinalRecord(
-            schema_version=SCHEMA,
-            solved=solved,
-            selected=sel.index,
-            selection_reason=sel.reason,
-            difficulty=difficulty,
-            scorer=self.scorer,
-            answered=sel.answered,
-            distinct_answers=sel.distinct_answers,
-        )
-        out = pb.Outcome(record=record)
+        # ``s`` is this stage's own decoded message, its candidates now scored in place; it is
+        # copied once, into the outcome (a message built and then assigned is copied again).
+        out = pb.Outcome()
+        record = out.record
+        record.schema_version = SCHEMA
+        record.solved.CopyFrom(s)
+        record.selected = sel.index
+        record.selection_reason = sel.reason
+        record.difficulty = difficulty
+        record.scorer = self.scorer
+        record.answered = sel.answered
+        record.distinct_answers = sel.distinct_answers
         return [Publish(subjects.SINK.subject, out.SerializeToString(), f"{q.item_id}.outcome")]
 
 
