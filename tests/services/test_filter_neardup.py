@@ -84,6 +84,26 @@ def test_minhash_estimates_jaccard_and_is_deterministic_across_processes():
     assert out.stdout.strip() == ",".join(map(str, sig))
 
 
+def test_signatures_are_pinned_for_this_features_version():
+    """Replicas of different releases fold one claim log: a change to the features that moves a
+    signature must bump FEATURES_VERSION (the tag), and then this digest."""
+    import hashlib
+
+    from services.filter.neardup import FEATURES_VERSION
+
+    texts = [
+        "Tom has 5 apples and buys 3 more. How many apples does he have now?",
+        "Zoë’s café sells 12 × 7 croissants—each at ½ price. What is 12 - 7?",
+        "A 180-page book: é-page co-op, x² ≤ 4π, “five” \\dfrac{1}{2} \\leq twenty",
+        "Combien de pommes Marie a-t-elle ?",
+        "",
+        "x",
+    ]
+    cfg = MinHashConfig()
+    digest = hashlib.sha256(b"".join(cfg.signature(t).astype("<u4").tobytes() for t in texts)).hexdigest()
+    assert (FEATURES_VERSION, digest) == (3, "3623698c572c8ccbf55972e4d58ce5842e6c17096a8238f7532008289cb3d144")
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.65, 0.8, 0.9])
 def test_lsh_params_put_the_s_curve_at_the_threshold(threshold):
     b, r = lsh_params(threshold, 128)
