@@ -148,8 +148,6 @@ PAIR_SCHEMA = pa.schema(
 #: by older producers (and hand-made ones) still load.
 OPTIONAL_FIELDS = frozenset({"created_at", "answered", "distinct_answers", "predicted_difficulty"})
 REQUIRED_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_SCHEMA if f.name not in OPTIONAL_FIELDS)
-_NON_NULL = frozenset(f.name for f in RECORD_SCHEMA if not f.nullable)
-_ALL_FIELDS = frozenset(RECORD_SCHEMA.names)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHARD_RE = re.compile(r"(?P<writer>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<seq>\d{6,})\.parquet")
@@ -159,30 +157,54 @@ _SHARD_RE = re.compile(r"(?P<writer>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<seq>\d{6,})\
 # records <-> parquet
 
 
+_SCHEMA_KEYS: dict[int, tuple] = {}
+
+
+def _schema_keys(schema: pa.Schema) -> tuple[tuple[str, ...], frozenset[str], frozenset[str], tuple[str, ...]]:
+    """(required, non-null, all, list-typed defaulting to []) key names of a shard schema, looked
+    up by identity: a shard checks every record, and both ``schema.names`` and hashing a schema
+    cost more than the check itself."""
+    hit = _SCHEMA_KEYS.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        if len(_SCHEMA_KEYS) > 16:
+            _SCHEMA_KEYS.clear()
+        names = schema.names
+        hit = _SCHEMA_KEYS[id(schema)] = (
+            schema,  # kept, so its id is not reused while the entry lives
+            tuple(f.name for f in schema if f.name not in OPTIONAL_FIELDS),
+            frozenset(f.name for f in schema if not f.nullable),
+            frozenset(names),
+            tuple(n for n in ("filter_verdicts", "candidates") if n in names),
+        )
+    return hit[1:]
+
+
 def _check_record(i: int, rec: Any, now: float, schema: pa.Schema = RECORD_SCHEMA) -> dict[str, Any]:
     if not isinstance(rec, Mapping):
         raise ValueError(f"record {i} is a {type(rec).__name__}, expected a dict")  # noqa: TRY004
-    ident = rec.get("item_id")
-    where = f"record {i}" + (f" (item_id={ident!r})" if isinstance(ident, str) else "")
-    required = REQUIRED_FIELDS if schema is RECORD_SCHEMA else tuple(f.name for f in schema if f.name not in OPTIONAL_FIELDS)
-    non_null = _NON_NULL if schema is RECORD_SCHEMA else frozenset(f.name for f in schema if not f.nullable)
+    required, non_null, names, lists = _schema_keys(schema)
+
+    def where() -> str:
+        ident = rec.get("item_id")
+        return f"record {i}" + (f" (item_id={ident!r})" if isinstance(ident, str) else "")
+
     for name in required:
         if name not in rec:
-            raise ValueError(f"{where} is missing required key {name!r}")
+            raise ValueError(f"{where()} is missing required key {name!r}")
     for name in non_null:
         v = rec[name]
         if not isinstance(v, str):
-            raise ValueError(f"{where}: key {name!r} must be a str, got {type(v).__name__}")  # noqa: TRY004
+            raise ValueError(f"{where()}: key {name!r} must be a str, got {type(v).__name__}")  # noqa: TRY004
     if not rec["item_id"]:
-        raise ValueError(f"{where}: key 'item_id' must not be empty")
-    unknown = set(rec) - set(schema.names)
-    if unknown:
-        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; the shard schema has {schema.names}")
+        raise ValueError(f"{where()}: key 'item_id' must not be empty")
+    if not names.issuperset(rec):
+        unknown = set(rec) - names
+        raise ValueError(f"{where()} has unknown key(s) {sorted(unknown)}; the shard schema has {schema.names}")
     out = dict(rec)
     if out.get("created_at") is None:
         out["created_at"] = now
-    for name in ("filter_verdicts", "candidates"):
-        if name in schema.names and out.get(name) is None:
+    for name in lists:
+        if out.get(name) is None:
             out[name] = []
     return out
 
