@@ -19,9 +19,7 @@ from services.coordinator.settings import CoordinatorSettings
 Settings = CoordinatorSettings
 
 
-def _decode_outcome(data: bytes) -> pb.Outcome:
-    msg = decoder(pb.Outcome)(data)
-    return msg
+_decode_outcome = decoder(pb.Outcome)
 
 
 async def build(settings: CoordinatorSettings, infra: Infra, engine=None) -> StageService:
