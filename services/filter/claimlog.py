@@ -99,17 +99,24 @@ class _Fold:
 
     def apply(self, seq: int, entry: list) -> None:
         near = iter(self._signatures([data for kind, _, data in entry if kind == NEAR]))
+        run: list[tuple[str, np.ndarray, list[int]]] = []  # consecutive near claims, folded together
         for kind, item, data in entry:
+            if kind == NEAR:
+                run.append((item, *next(near)))
+                continue
+            if run:
+                self._near_run(run)
+                run = []
             if kind == EXACT:
                 owner = self.owners.setdefault(data, item)
                 self.exact.setdefault((item, data), owner == item)
-            elif kind == NEAR:
-                self._near(item, *next(near))
             elif kind == RELEASE and self.status.get(item) == "kept":
                 self.status[item] = "released"
                 row = self.row_of.get(item)
                 if row is not None and self.alive is not None:
                     self.alive[row] = False
+        if run:
+            self._near_run(run)
         self.seq = seq
         still = []
         for want, fut in self.waiters:
@@ -127,47 +134,93 @@ class _Fold:
         sigs = [_decode_sig(d) for d in datas]
         if len({len(s) for s in sigs}) == 1:
             return list(zip(sigs, self.config.band_ids(np.stack(sigs))))
-        return [(s, self.config.band_keys(s)) for s in sigs]  # not one signature space: see _near
+        return [(s, self.config.band_keys(s)) for s in sigs]  # not one signature space: see _near_run
 
-    def _near(self, item: str, sig: np.ndarray, keys: list[int]) -> None:
-        if item in self.status:  # claimed before: its first verdict stands
-            return
+    def _near_run(self, run: list[tuple[str, np.ndarray, list[int]]]) -> None:
+        """Fold consecutive near claims ``(item, signature, band keys)`` in order.
+
+        The same verdicts as one claim at a time, with the comparisons against the claims kept
+        before the run done in one numpy step: every live kept claimant sharing a band is a
+        candidate, and the most similar one is the match (the earliest of equally similar
+        ones). Claims kept earlier in the same run are candidates too, checked as the run goes."""
         assert self.config is not None
+        width = len(run[0][1])
+        if any(len(sig) != width for _, sig, _ in run):  # signatures of several spaces: one at a time
+            if len(run) > 1:
+                for claim in run:
+                    self._near_run([claim])
+                return
         if self.mat is None:
-            self.mat = np.empty((1024, len(sig)), dtype=sig.dtype)
+            self.mat = np.empty((1024, width), dtype=run[0][1].dtype)
             self.alive = np.zeros(1024, dtype=bool)
-        if len(sig) != self.mat.shape[1]:  # not of this signature space (the tag names it): no match
-            log.error("claim log: signature of %s has %d values, expected %d; kept unindexed", item, len(sig),
-                      self.mat.shape[1])  # fmt: skip
-            self.status[item] = "kept"
+        if width != self.mat.shape[1]:  # not of this signature space (the tag names it): no match
+            for item, _, _ in run:
+                if item not in self.status:
+                    log.error("claim log: signature of %s has %d values, expected %d; kept unindexed", item,
+                              width, self.mat.shape[1])  # fmt: skip
+                    self.status[item] = "kept"
             return
-        # Every live kept claimant that shares a band, once, in claim order (rows are); the
-        # first of equally similar ones wins.
-        members = [m for m in map(self.bands.get, keys) if m]
-        if members:
-            rows = np.fromiter(sorted(set().union(*members)), dtype=np.intp) if len(members) > 1 else np.asarray(members[0])
-            rows = rows[self.alive[rows]]  # type: ignore[index]
-            if rows.size:
-                hits = np.count_nonzero(self.mat[rows] == sig, axis=1)
-                top = int(hits.argmax())
-                if hits[top] / len(sig) >= self.config.threshold:
-                    self.status[item] = "dup"
-                    self.matches[item] = NearDupMatch(self.items[rows[top]], int(hits[top]) / len(sig))
-                    return
-        self.status[item] = "kept"
-        row = self.rows
-        if row == len(self.mat):
-            self.mat = np.concatenate([self.mat, np.empty_like(self.mat)])
-            self.alive = np.concatenate([self.alive, np.zeros(len(self.alive), dtype=bool)])  # type: ignore[list-item]
-        self.mat[row] = sig
-        self.alive[row] = True  # type: ignore[index]
-        self.rows += 1
-        self.row_of[item] = row
-        self.items.append(item)
-        for k in keys:
-            members = self.bands.setdefault(k, [])
-            if len(members) < self.max_bucket:
-                members.append(row)
+        bands, status = self.bands, self.status
+        sigs = run[0][1][None, :] if len(run) == 1 else np.stack([sig for _, sig, _ in run])
+        # Candidates among the claims kept before this run: (claim, row) pairs, rows ascending per claim.
+        owners: list[int] = []
+        rows: list[int] = []
+        for j, (item, _, keys) in enumerate(run):
+            if item in status:
+                continue
+            members = [m for m in map(bands.get, keys) if m]
+            if members:
+                found = members[0] if len(members) == 1 else sorted(set().union(*members))
+                rows.extend(found)
+                owners.extend([j] * len(found))
+        best: dict[int, tuple[int, int]] = {}  # claim -> (row, equal values) of its best earlier match
+        if rows:
+            r = np.asarray(rows, dtype=np.intp)
+            o = np.asarray(owners, dtype=np.intp)
+            live = self.alive[r]  # type: ignore[index]
+            r, o = r[live], o[live]
+            if r.size:
+                hits = np.count_nonzero(self.mat[r] == sigs[o], axis=1)
+                order = np.lexsort((r, -hits, o))  # per claim: most equal values first, then the earliest row
+                o, r, hits = o[order], r[order], hits[order]
+                first = np.ones(len(o), dtype=bool)
+                first[1:] = o[1:] != o[:-1]
+                best = dict(zip(o[first].tolist(), zip(r[first].tolist(), hits[first].tolist())))
+        start = self.rows  # rows from here on are claims kept in this run
+        touched: set[int] = set()  # their band keys
+        threshold, max_bucket = self.config.threshold, self.max_bucket
+        for j, (item, sig, keys) in enumerate(run):
+            if item in status:  # claimed before: its first verdict stands
+                continue
+            match = best.get(j)
+            if not touched.isdisjoint(keys):  # shares a band with a claim kept in this run
+                found = sorted({m for k in keys if k in touched for m in bands[k] if m >= start})
+                if found:
+                    hits = np.count_nonzero(self.mat[found] == sig, axis=1)
+                    top = int(hits.argmax())
+                    if match is None or hits[top] > match[1]:  # a tie goes to the earlier row
+                        match = (found[top], int(hits[top]))
+            if match is not None and match[1] / width >= threshold:
+                status[item] = "dup"
+                self.matches[item] = NearDupMatch(self.items[match[0]], match[1] / width)
+                continue
+            status[item] = "kept"
+            row = self.rows
+            if row == len(self.mat):
+                self.mat = np.concatenate([self.mat, np.empty_like(self.mat)])
+                self.alive = np.concatenate([self.alive, np.zeros(len(self.alive), dtype=bool)])  # type: ignore[list-item]
+            self.mat[row] = sig
+            self.alive[row] = True  # type: ignore[index]
+            self.rows += 1
+            self.row_of[item] = row
+            self.items.append(item)
+            for k in keys:
+                members = bands.get(k)
+                if members is None:
+                    bands[k] = [row]
+                elif len(members) < max_bucket:
+                    members.append(row)
+            touched.update(keys)
 
     def verdict(self, claim: _Claim) -> object:
         if claim.kind == EXACT:

@@ -37,7 +37,7 @@ record and gets the same answer, never itself as a duplicate.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import hashlib
 import json
 import re
@@ -288,11 +288,11 @@ def _dumps(obj) -> bytes:
 
 
 def _encode_sig(sig: np.ndarray) -> str:
-    return base64.b64encode(sig.astype("<u4").tobytes()).decode()
+    return binascii.b2a_base64(sig.astype("<u4").tobytes(), newline=False).decode()
 
 
 def _decode_sig(data: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(data), dtype="<u4")
+    return np.frombuffer(binascii.a2b_base64(data), dtype="<u4")  # what b64decode calls, minus its wrapper
 
 
 class KVNearDupIndex:
