@@ -104,6 +104,46 @@ def test_signatures_are_pinned_for_this_features_version():
     assert (FEATURES_VERSION, digest) == (3, "3623698c572c8ccbf55972e4d58ce5842e6c17096a8238f7532008289cb3d144")
 
 
+@pytest.mark.parametrize("max_bucket", [2000, 2])
+def test_claim_log_fold_of_an_entry_equals_one_claim_at_a_time(max_bucket):
+    """Entries fold their near claims together; the verdicts and matches must be those of
+    folding each claim in an entry of its own, including matches inside one entry, releases
+    between claims, re-claims, and full band buckets."""
+    import random
+
+    from libs.engines.base import SamplingSpec
+    from libs.engines.scripted import math_responder
+    from services.filter.claimlog import NEAR, RELEASE, _Fold
+    from services.filter.neardup import _encode_sig
+
+    cfg = MinHashConfig()
+    texts = [math_responder("", SamplingSpec(seed=s), 0) for s in range(600)]
+    sigs = [_encode_sig(cfg.signature(t)) for t in texts]
+    rnd = random.Random(3)
+    claims = []
+    for i, sig in enumerate(sigs):
+        claims.append([NEAR, f"q{i}", sig])
+        if i > 5 and rnd.random() < 0.1:
+            claims.append([RELEASE, f"q{rnd.randrange(i)}", ""])
+        if i > 5 and rnd.random() < 0.05:
+            j = rnd.randrange(i)
+            claims.append([NEAR, f"q{j}", sigs[j]])
+    batched, single = _Fold(cfg, max_bucket), _Fold(cfg, max_bucket)
+    seq = 0
+    while seq < len(claims):
+        n = rnd.choice([1, 5, 64])
+        batched.apply(seq + n, claims[seq : seq + n])
+        seq += n
+    for k, claim in enumerate(claims):
+        single.apply(k + 1, [claim])
+    assert batched.status == single.status
+    assert {k: (m.item_id, m.similarity) for k, m in batched.matches.items()} == {
+        k: (m.item_id, m.similarity) for k, m in single.matches.items()
+    }
+    assert batched.bands == single.bands
+    assert sum(1 for v in batched.status.values() if v == "dup") > 100  # the scripted questions repeat
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.65, 0.8, 0.9])
 def test_lsh_params_put_the_s_curve_at_the_threshold(threshold):
     b, r = lsh_params(threshold, 128)
