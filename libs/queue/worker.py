@@ -111,15 +111,35 @@ class _Held:
         return 1 if self.env is None else len(self.env.items)
 
 
-@dataclass
 class _Work(Generic[T]):
-    held: _Held
-    item: T
-    deliveries: int
-    item_id: str
-    index: int = -1  # position in its envelope; -1 for a message of its own
-    raw: bytes = b""
-    settled: bool = field(default=False)
+    """One item being worked on: its message (``held``), decoded item and deliveries. The item
+    id, for logs, events and dead letters, is worked out on first use: most items never need
+    it."""
+
+    __slots__ = ("held", "item", "deliveries", "index", "raw", "settled", "_item_id", "_id_fn")
+
+    def __init__(self, held: _Held, item: T, deliveries: int, item_id: str | None = None, index: int = -1,
+                 raw: bytes = b"", id_fn: Callable[[T], str] | None = None) -> None:  # fmt: skip
+        self.held = held
+        self.item = item
+        self.deliveries = deliveries
+        self.index = index  # position in its envelope; -1 for a message of its own
+        self.raw = raw
+        self.settled = False
+        self._item_id = item_id
+        self._id_fn = id_fn
+
+    @property
+    def item_id(self) -> str:
+        if self._item_id is None:
+            where = f"seq={self.held.seq}" if self.index < 0 else f"seq={self.held.seq}#{self.index}"
+            self._item_id = where
+            if self._id_fn is not None and self.item is not None:
+                try:
+                    self._item_id = str(self._id_fn(self.item))
+                except Exception:  # noqa: BLE001 -- ids are for logs only
+                    pass
+        return self._item_id
 
 
 _UNSET = object()
@@ -445,11 +465,21 @@ class StageWorker(Generic[T]):
             held.append(h)
             # A retry envelope's first delivery usually comes before its back-off ends and is
             # nak'ed above without an attempt: that delivery is not one of the items'.
-            item_deliveries = env.prior_deliveries + deliveries - (1 if env.not_before else 0)
+            item_deliveries = max(1, env.prior_deliveries + deliveries - (1 if env.not_before else 0))
+            if item_deliveries > self.max_deliver:
+                for i, raw in enumerate(env.items):
+                    w = await self._unpack(h, raw, i, item_deliveries)  # dead letters
+                    if w is not None:
+                        works.append(w)
+                continue
+            decode, id_fn = self._decode, self._item_id
             for i, raw in enumerate(env.items):
-                w = await self._unpack(h, raw, i, max(1, item_deliveries))
-                if w is not None:
-                    works.append(w)
+                try:  # the common case inline: an envelope carries up to batch_size items
+                    works.append(_Work(h, decode(raw), item_deliveries, None, i, raw, id_fn))
+                except Exception:  # noqa: BLE001 -- _unpack decodes again and dead-letters it
+                    w = await self._unpack(h, raw, i, item_deliveries)
+                    if w is not None:
+                        works.append(w)
         self._stats.items += len(works)
         if msgs:
             items = len(works) + sum(h.dead for h in held)
@@ -494,10 +524,14 @@ class StageWorker(Generic[T]):
         # Failures settle concurrently, since dead letters wait for the DLQ stream's ack.
         rest = []
         for k, (w, r) in enumerate(zip(works, results)):
-            if stored.get(k, _UNSET) is None:
+            st = stored.get(k, _UNSET)
+            if st is None and w.held.env is not None:  # stored, of an envelope: _done, inline
+                w.held.done.append((w, len(r)))
+                w.settled = True
+            elif st is None:
                 await self._settle(w, r, batch_error, None)
             else:
-                rest.append(self._settle(w, r, batch_error, stored.get(k, _UNSET)))
+                rest.append(self._settle(w, r, batch_error, st))
         if rest:
             await asyncio.gather(*rest)
 
@@ -514,7 +548,7 @@ class StageWorker(Generic[T]):
         except Exception as e:  # noqa: BLE001 -- any other decode failure means malformed
             await self._dead(_Work(h, None, deliveries, where, index, raw), REASON_MALFORMED, _describe(e))
             return None
-        w = _Work(h, item, deliveries, self._id_of(item, where), index, raw)
+        w = _Work(h, item, deliveries, None, index, raw, self._item_id)
         if deliveries > self.max_deliver:
             await self._dead(
                 w, REASON_MAX_DELIVER,
@@ -547,14 +581,22 @@ class StageWorker(Generic[T]):
         groups: dict[str, list[tuple[int, Publish]]] = {}
         stored: dict[int, BaseException | None] = {}
         for k, r in enumerate(results):
-            if not (isinstance(r, (list, tuple)) and all(isinstance(p, Publish) for p in r)):
+            if not isinstance(r, (list, tuple)):
                 continue
-            stored[k] = None
             for p in r:
-                if p.headers:  # headers of its own: published as it is
-                    single.append((k, p))
-                else:
-                    groups.setdefault(p.subject, []).append((k, p))
+                if not isinstance(p, Publish):
+                    break
+            else:
+                stored[k] = None
+                for p in r:
+                    if p.headers:  # headers of its own: published as it is
+                        single.append((k, p))
+                    else:
+                        group = groups.get(p.subject)
+                        if group is None:
+                            groups[p.subject] = [(k, p)]
+                        else:
+                            group.append((k, p))
         jobs: list[tuple[list[int], Awaitable[Any]]] = [([k], self._publish(p)) for k, p in single]
         for subject, outs in groups.items():
             packs = envelope.messages([p.payload for _, p in outs], [p.msg_id for _, p in outs],
@@ -699,8 +741,9 @@ class StageWorker(Generic[T]):
                         extra=self._log_extra)  # fmt: skip
             return
         self._stats.acked += len(h.done)
-        for w, outputs in h.done:
-            self._emit("ack", item_id=w.item_id, outputs=outputs, deliveries=w.deliveries)
+        if self._on_event is not None:
+            for w, outputs in h.done:
+                self._emit("ack", item_id=w.item_id, outputs=outputs, deliveries=w.deliveries)
 
     async def _dead(self, w: _Work[T], reason: str, detail: str, item: Any = None) -> None:
         """Dead-letter one item: a whole message, or one item of an envelope (on its own)."""
