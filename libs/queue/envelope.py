@@ -55,11 +55,8 @@ def is_envelope(headers: dict[str, str] | None) -> bool:
 
 def envelope_id(msg_ids: Iterable[str]) -> str:
     """Message id of an envelope: the same items (in any order) give the same id."""
-    h = hashlib.blake2b(digest_size=16)
-    for m in sorted(msg_ids):
-        h.update(m.encode())
-        h.update(b"\0")
-    return "env." + h.hexdigest()
+    data = "".join([m + "\0" for m in sorted(msg_ids)])  # each id NUL-terminated, hashed in one call
+    return "env." + hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
 
 
 def encode(items: Sequence[bytes], msg_ids: Sequence[str], *, prior_deliveries: int = 0,
