@@ -31,6 +31,20 @@ def _burn(seconds: float) -> None:
         pass
 
 
+class _Result(GenerationResult):
+    """A GenerationResult whose prompt token count (whitespace words) is counted when read: no
+    stage reads it, and splitting every prompt was a visible part of the zero-cost engine's
+    cost in the orchestration benchmark."""
+
+    def __init__(self, completions: list[Completion], prompt: str) -> None:  # noqa: D107 -- not the dataclass init
+        self.completions = completions
+        self._prompt = prompt
+
+    @property
+    def prompt_tokens(self) -> int:  # type: ignore[override]
+        return len(self._prompt.split())
+
+
 class FakeEngine(Engine):
     """Engine whose completions come from a Python callable.
 
@@ -96,11 +110,12 @@ class FakeEngine(Engine):
             raise InvalidArgument(f"n must be >= 1, got {n}")
         if params.max_tokens < 1:
             raise InvalidArgument(f"max_tokens must be >= 1, got {params.max_tokens}")
-        prompt_tokens = len(prompt.split())
-        if self._max_model_len is not None and prompt_tokens >= self._max_model_len:
-            raise InvalidArgument(
-                f"prompt has {prompt_tokens} tokens; the model's context is {self._max_model_len} tokens"
-            )
+        if self._max_model_len is not None:
+            prompt_tokens = len(prompt.split())
+            if prompt_tokens >= self._max_model_len:
+                raise InvalidArgument(
+                    f"prompt has {prompt_tokens} tokens; the model's context is {self._max_model_len} tokens"
+                )
         calls = self.calls
         calls.append((prompt, params))
         if len(calls) > MAX_RECORDED_CALLS:
@@ -119,7 +134,7 @@ class FakeEngine(Engine):
             tokens += c.num_tokens
             completions.append(c)
         self.generated_tokens += tokens
-        return GenerationResult(completions=completions, prompt_tokens=prompt_tokens)
+        return _Result(completions, prompt)
 
     def _finish(self, text: str, params: SamplingSpec) -> Completion:
         # The zero-cost engine of the orchestration benchmark: every microsecond here is counted
