@@ -169,9 +169,10 @@ def minhash_of_hashes(x: np.ndarray, num_perm: int) -> np.ndarray:
     3). On the labelled pairs over 12 seed sets the F1 is the same (mean 0.890 vs 0.888) and
     Jaccard estimates are as close (mean absolute error 0.035 vs 0.033, 200 random pairs)."""
     a, b = _hash_family(num_perm)
-    with np.errstate(over="ignore"):
-        z = x[:, None] * a[None, :]
-        z += b[None, :]
+    # Wrapping uint64 arithmetic is the point; numpy never reports integer overflow of arrays,
+    # so no errstate (entering one cost 1.7 us, a sixth of this function).
+    z = x[:, None] * a[None, :]
+    z += b[None, :]
     return (z.min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
 
@@ -260,8 +261,7 @@ class MinHashConfig:
         is compared like any other and costs nothing else."""
         b, r = self.banding
         v = sigs[:, : b * r].astype(np.uint64).reshape(len(sigs), b, r)
-        with np.errstate(over="ignore"):
-            return (v * _band_multipliers(b, r)[None]).sum(axis=2, dtype=np.uint64).tolist()
+        return (v * _band_multipliers(b, r)[None]).sum(axis=2, dtype=np.uint64).tolist()  # wraps: no errstate
 
     def band_hashes(self, sig: np.ndarray) -> list[str]:
         b, r = self.banding
