@@ -7,7 +7,8 @@ which is settled when all of them are. Per fetched batch (about ``batch_size`` i
 * each message is decoded; a message that does not decode is dead-lettered (``malformed``, or
   the reason of a ``PoisonMessage`` the decoder raised) and terminated; one delivered more than ``max_deliver`` times (its worker died on the last try) is
   dead-lettered (``max_deliver_exceeded``) without running the handler;
-* the remaining items go to ONE handler call, which returns one entry per item:
+* the remaining items go to ONE handler call, which owns them (they were decoded for it, so
+  a stage may change an item and send it on rather than copy it) and returns one entry per item:
   a list of ``Publish`` -> all are published with ``Nats-Msg-Id`` (awaiting the stream's acks),
   THEN the input is acked (a plain ack: a lost one means a deduplicated redelivery);
   a ``PoisonMessage`` (or ``InvalidArgument``) -> dead letter + term;

@@ -93,6 +93,7 @@ class FilterStage:
         self.counters = counters
         self.runs = runs
         self._family: str | None = None if settings.judge_prompt_family == "auto" else settings.judge_prompt_family
+        self._judge_sampling = SamplingSpec(temperature=0.0, top_p=1.0, max_tokens=settings.judge_max_tokens, seed=0)
 
     @property
     def prompt_family(self) -> str:
@@ -108,9 +109,7 @@ class FilterStage:
         if self.engine is None:
             raise RuntimeError("the solvability judge needs an engine")
         jp = judge_prompt(self.engine, self.prompt_family, question)
-        out = await self.engine.generate(
-            jp.text, SamplingSpec(temperature=0.0, top_p=1.0, max_tokens=self.settings.judge_max_tokens, seed=0)
-        )
+        out = await self.engine.generate(jp.text, self._judge_sampling)
         c = out.completions[0]
         tokens = c.num_tokens
         tail = c.text.strip().splitlines()[-1][:200] if c.text.strip() else ""
@@ -262,14 +261,13 @@ class FilterStage:
             self.counters.add(q.run_id, processed=1, tokens=res.tokens, reason=failed.reason if failed else None)
         if failed:
             return [rejection(q.run_id, q.item_id, STAGE, failed.reason, failed.detail, q.text)]
-        out = pb.Question()
-        out.CopyFrom(q)
+        # ``q`` is this stage's own decoded message: it goes on with its verdicts, not copied.
         if self.settings.language_normalize:
-            out.text = res.text
-        out.verdicts.extend(res.verdicts)
+            q.text = res.text
+        q.verdicts.extend(res.verdicts)
         if predicted is not None:
-            out.predicted_difficulty = predicted
-        return [forward(subjects.SOLVE, out, q.item_id)]
+            q.predicted_difficulty = predicted
+        return [forward(subjects.SOLVE, q, q.item_id)]
 
     def difficulty_verdict(self, predicted: float | None) -> pb.FilterVerdict:
         """Last check, on questions that passed the others: the learned scorer's predicted fail

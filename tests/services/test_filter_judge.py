@@ -131,8 +131,9 @@ async def test_normalized_text_travels_on():
     from scalequest.common.v1 import items_pb2 as pb
 
     eng = await started(FakeEngine(text="Verdict: Yes"))
-    q = pb.Question(run_id="r", item_id="r-1", text="What is 3 × 4 – 2?", config=pb.RunConfig(judge_enabled=True))
     for normalize, expected in ((True, r"What is 3 \times 4 - 2?"), (False, "What is 3 × 4 – 2?")):
+        # handle() owns its items (the worker's freshly decoded messages): a new one per call.
+        q = pb.Question(run_id="r", item_id="r-1", text="What is 3 × 4 – 2?", config=pb.RunConfig(judge_enabled=True))
         stage = FilterStage(eng, FilterSettings(language_normalize=normalize))
         [out] = await stage.handle([q])
         fwd = pb.Question.FromString(out[0].payload)
