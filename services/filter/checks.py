@@ -130,9 +130,16 @@ def check_language(text: str) -> tuple[bool, str, str]:
         return False, "non_english_script", "".join(dict.fromkeys(foreign_script))[:32]
     if greek_words >= 2:
         return False, "non_english_script", f"{greek_words} Greek words"
-    words = [w.lower() for w in _WORD.findall(_LATEX_CMD.sub(" ", text))]
-    accented = [] if plain else [w for w in words if any(_char_class(ch) == "latin" for ch in w)]
-    foreign = [w for w in words if w in _FOREIGN_WORDS and w.isascii()]
+    if plain:  # ASCII: lowercasing keeps the word spans, no accents; under two foreign words, English
+        words = _WORD.findall(_LATEX_CMD.sub(" ", text).lower())
+        foreign = [w for w in words if w in _FOREIGN_WORDS]
+        if len(foreign) < 2:
+            return True, "", ""
+        accented = []
+    else:
+        words = [w.lower() for w in _WORD.findall(_LATEX_CMD.sub(" ", text))]
+        accented = [w for w in words if any(_char_class(ch) == "latin" for ch in w)]
+        foreign = [w for w in words if w in _FOREIGN_WORDS and w.isascii()]
     english = sum(1 for w in words if w in _EN_WORDS)
     evidence = len(accented) + len(foreign)
     if evidence >= 2 and evidence > english:
