@@ -424,6 +424,9 @@ async def run(args) -> dict:
                 f = prof / f"{name}.txt"
                 if f.exists():
                     profile[name] = summarize_profile(f)
+                    if args.profile_out is not None:  # the raw stacks, for flame graphs or a closer look
+                        args.profile_out.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(f, args.profile_out / f.name)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return {"repeats": reps, "profile": profile, "summary": summarize(reps, variants)}
@@ -505,6 +508,8 @@ def main() -> None:
     p.add_argument("--filter-variants", nargs="*", default=["no-neardup", "no-envelopes"], choices=list(VARIANTS),
                    help="end-to-end runs with other settings besides the default")
     p.add_argument("--profile", action="store_true", help="py-spy profile of the first end-to-end run")
+    p.add_argument("--profile-out", type=Path, default=None,
+                   help="with --profile: keep each service's raw py-spy stacks (<service>.txt) in this folder")
     p.add_argument("--steps", nargs="+", default=["raw", "relay", "stages", "e2e"],
                    choices=["raw", "relay", "stages", "e2e"],
                    help="what to run (end to end always runs); e.g. --steps e2e for a quick A/B of two checkouts")
