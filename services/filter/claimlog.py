@@ -38,6 +38,7 @@ bytes per near claim, so a run of a million questions needs about 600 MB per fil
 from __future__ import annotations
 
 import asyncio
+import binascii
 import hashlib
 import json
 import logging
@@ -131,10 +132,11 @@ class _Fold:
         """(signature, band keys) of an entry's near claims, decoded and banded all at once."""
         if not datas or self.config is None:
             return []
-        sigs = [_decode_sig(d) for d in datas]
-        if len({len(s) for s in sigs}) == 1:
-            return list(zip(sigs, self.config.band_ids(np.stack(sigs))))
-        return [(s, self.config.band_keys(s)) for s in sigs]  # not one signature space: see _near_run
+        raw = [binascii.a2b_base64(d) for d in datas]
+        if len(set(map(len, raw))) == 1:  # one signature space: decoded as one matrix
+            sigs = np.frombuffer(b"".join(raw), dtype="<u4").reshape(len(raw), -1)
+            return list(zip(sigs, self.config.band_ids(sigs)))
+        return [(s, self.config.band_keys(s)) for s in map(_decode_sig, datas)]  # see _near_run
 
     def _near_run(self, run: list[tuple[str, np.ndarray, list[int]]]) -> None:
         """Fold consecutive near claims ``(item, signature, band keys)`` in order.
@@ -354,8 +356,8 @@ class _NearView:
 
     async def claim_many(self, scope: str, claims: list[tuple[str, str]]) -> list[NearDupMatch | None]:
         """:meth:`claim` of ``(item_id, text)`` pairs, in one log entry with whatever else this tick claims."""
-        sig = self._log.config.signature
-        return await self._log._claim_many(NEAR, scope, [(i, _encode_sig(sig(t))) for i, t in claims])  # type: ignore[return-value]
+        sigs = self._log.config.signatures([t for _, t in claims])
+        return await self._log._claim_many(NEAR, scope, [(i, _encode_sig(s)) for (i, _), s in zip(claims, sigs)])  # type: ignore[return-value]
 
     async def release_many(self, scope: str, claims: list[tuple[str]]) -> list[None]:
         """:meth:`release` of ``(item_id,)`` tuples."""

@@ -176,6 +176,26 @@ def minhash_of_hashes(x: np.ndarray, num_perm: int) -> np.ndarray:
     return (z.min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
 
+def minhash_of_hash_sets(sets: list[np.ndarray], num_perm: int) -> np.ndarray:
+    """``minhash_of_hashes`` of several sets at once, one signature per row: the hash functions
+    run over all sets' values in one numpy step and a segmented minimum (``reduceat``) takes each
+    set's rows. The values are identical to one set at a time; a batch of 64 questions saves
+    numpy's per-call overhead 64 times over (half of the per-question cost)."""
+    if not sets:
+        return np.empty((0, num_perm), dtype=np.uint32)
+    sizes = np.fromiter(map(len, sets), dtype=np.intp, count=len(sets))
+    if not sizes.all():
+        raise ValueError("MinHash of an empty set")  # feature_hashes always yields one value
+    a, b = _hash_family(num_perm)
+    # One row per hash function, so each segment's minimum runs over contiguous memory (the
+    # transposed layout reduces about 3x slower).
+    z = a[:, None] * np.concatenate(sets)[None, :]  # wrapping uint64 arithmetic, as above
+    z += b[:, None]
+    starts = np.zeros(len(sets), dtype=np.intp)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    return np.ascontiguousarray((np.minimum.reduceat(z, starts, axis=1) >> np.uint64(32)).astype(np.uint32).T)
+
+
 def minhash(feats: set[str], num_perm: int) -> np.ndarray:
     """MinHash signature of a feature set (``minhash_of_hashes`` of its CRCs)."""
     x = np.fromiter((zlib.crc32(f.encode()) for f in feats), dtype=np.uint64, count=len(feats))
@@ -249,6 +269,11 @@ class MinHashConfig:
 
     def signature(self, text: str) -> np.ndarray:
         return minhash_of_hashes(feature_hashes(text, self.shingle, self.number_weight), self.num_perm)
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """:meth:`signature` of each text, one row each, hashed in one numpy step."""
+        return minhash_of_hash_sets([feature_hashes(t, self.shingle, self.number_weight) for t in texts],
+                                    self.num_perm)  # fmt: skip
 
     def band_keys(self, sig: np.ndarray) -> list[int]:
         """In-memory LSH keys of the bands of one signature (see :meth:`band_ids`)."""

@@ -102,6 +102,19 @@ def test_signatures_are_pinned_for_this_features_version():
     cfg = MinHashConfig()
     digest = hashlib.sha256(b"".join(cfg.signature(t).astype("<u4").tobytes() for t in texts)).hexdigest()
     assert (FEATURES_VERSION, digest) == (3, "3623698c572c8ccbf55972e4d58ce5842e6c17096a8238f7532008289cb3d144")
+    # The batch form (what the claim log uses) hashes the same rows.
+    assert hashlib.sha256(cfg.signatures(texts).astype("<u4").tobytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("cfg", [MinHashConfig(), MinHashConfig(num_perm=64, shingle=3, number_weight=2)])
+def test_signatures_of_a_batch_are_the_signatures_one_at_a_time(cfg):
+    """Sets of very different sizes side by side (one feature, hundreds), and the empty batch."""
+    rows = [json.loads(line) for line in LABELLED.read_text().splitlines() if line.strip()]
+    texts = [r["a"] for r in rows[:40]] + ["", "x", " ".join(f"{i} + {i + 1}" for i in range(200))]
+    got = cfg.signatures(texts)
+    assert got.shape == (len(texts), cfg.num_perm) and got.dtype == np.uint32
+    assert np.array_equal(got, np.stack([cfg.signature(t) for t in texts]))
+    assert cfg.signatures([]).shape == (0, cfg.num_perm)
 
 
 @pytest.mark.parametrize("max_bucket", [2000, 2])
