@@ -118,3 +118,40 @@ def test_process_pipeline_replicas_are_checked(tmp_path):
     with pytest.raises(ValueError, match="replicas"):
         ProcessPipeline(tmp_path, replicas={"solvr": 2})
     assert ProcessPipeline(tmp_path, replicas={"solver": 4}).replicas["solver"] == 4
+
+
+def _side(items_per_s: float, filter_ms: float) -> dict:
+    return {"items_per_s": items_per_s, "finished": 20000, "accepted": 9145, "util": 0.9,
+            "cpu_ms": {"filter": filter_ms, "nats-server": 0.1}, "cpu_total": filter_ms + 0.1}  # fmt: skip
+
+
+def test_ab_summary_takes_medians_of_pair_ratios(capsys):
+    from benchmarks import ab
+
+    pairs = []
+    for before, after in ((1000, 1200), (900, 1170), (1100, 1210)):
+        p = {"before": _side(before, 0.4), "after": _side(after, 0.3)}
+        p["items_ratio"] = round(after / before, 3)
+        p["cpu_ratio"] = round(p["after"]["cpu_total"] / p["before"]["cpu_total"], 3)
+        pairs.append(p)
+    s = ab.summarize(pairs)
+    assert s["items_ratio"] == 1.2 and s["items_ratio_range"] == [1.1, 1.3]
+    assert s["cpu_ratio"] == 0.8 and s["before"]["items_per_s"] == 1000 and s["after"]["cpu_ms"]["filter"] == 0.3
+    ab.report({"before_commit": "aaa", "after_commit": "bbb", "items": 20000, "pairs": pairs, "summary": s})
+    out = capsys.readouterr().out
+    assert "items/s x1.20 (1.10-1.30), CPU per item x0.80 (0.80-0.80), medians of 3 pairs" in out
+    assert "| filter      | 0.400" in out
+
+
+@pytest.mark.slow
+def test_ab_command_runs_two_checkouts(tmp_path):
+    out = tmp_path / "ab.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--before", "HEAD", "--pairs", "1", "--items", "60",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())["results"]
+    (pair,) = res["pairs"]
+    assert pair["before"]["finished"] == pair["after"]["finished"] == 60
+    assert res["after_commit"].endswith("+worktree") and "items/s x" in proc.stdout
+    listed = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "sq-ab-" not in listed  # its checkouts are removed
