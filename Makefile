@@ -16,7 +16,7 @@ run: venv
 
 # Default suite (well under 20 minutes on 2 CPU cores): unit, integration, real-model end to end.
 test: venv
-	$(PY) -m pytest -m "not slow and not gpu" -p no:cacheprovider
+	$(PY) -m pytest -m "not slow and not gpu" -p no:cacheprovider --durations=25
 
 # Longer tests (several real-model runs, fault scenarios).
 test-slow: venv
