@@ -16,7 +16,7 @@ from benchmarks.common import RESULTS_DIR
 
 def load(results: Path) -> dict[str, Any]:
     out = {}
-    for name in ("orchestration", "scaling", "efficiency", "peer", "memory"):
+    for name in PANELS:
         f = results / f"{name}.json"
         if f.exists():
             out[name] = json.loads(f.read_text())
@@ -114,6 +114,15 @@ def panel_memory(ax, doc: dict) -> None:
     ax.set_title("Memory")
 
 
+PANELS = ("orchestration", "scaling", "efficiency", "peer", "memory")  # the order main() draws them in
+
+
+def _where(doc: dict) -> str:
+    m = doc.get("machine", {})
+    cpu = str(m.get("cpu", "?")).replace("(R)", "").replace(" Processor", "").strip()
+    return f"{cpu}, {str(m.get('date', ''))[:10]}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=RESULTS_DIR)
@@ -152,9 +161,16 @@ def main() -> None:
         i += 1
     for ax in axes[i:]:
         ax.set_axis_off()
-    date = next(iter(docs.values()))["machine"]["date"][:10]
+    # This machine kind's speed differs up to 2x between draws: when the results come from
+    # several machines or days, every panel says which one it was measured on.
+    runs = {_where(doc) for doc in docs.values()}
     m = next(iter(docs.values()))["machine"]
-    fig.suptitle(f"scalequest benchmarks, {date}, {m['cores']} cores, {m['cpu']}", fontsize=11)
+    if len(runs) == 1:
+        fig.suptitle(f"scalequest benchmarks, {m['date'][:10]}, {m['cores']} cores, {m['cpu']}", fontsize=11)
+    else:
+        fig.suptitle(f"scalequest benchmarks, {m['cores']} cores; machine and date per panel", fontsize=11)
+        for ax, doc in zip(axes, [docs[n] for n in PANELS if n in docs]):
+            ax.set_title(f"{ax.get_title()}\n({_where(doc)})", fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

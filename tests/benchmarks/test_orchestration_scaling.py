@@ -155,3 +155,30 @@ def test_ab_command_runs_two_checkouts(tmp_path):
     assert res["after_commit"].endswith("+worktree") and "items/s x" in proc.stdout
     listed = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "sq-ab-" not in listed  # its checkouts are removed
+
+
+def test_plot_names_the_machine_of_each_panel_when_they_differ(tmp_path, monkeypatch):
+    """Results measured on different machines or days (this machine kind's speed varies 2x)
+    are drawn with the machine and date in every panel's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import plot
+
+    e2e = {"items_per_s": 2000.0, "accepted_per_s": 900.0, "cpu_utilization": 0.9, "seconds": 10.0, "cpu_seconds": {}}
+    orch = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "date": "2026-12-02T19:00", "cores": 2},
+            "results": {"summary": {"e2e": {"default": e2e}}}}  # fmt: skip
+    scal = {"machine": {"cpu": "AMD EPYC", "date": "2026-11-25T04:55", "cores": 2},
+            "results": {"summary": {"cpu": {"1": {"items_per_s": 100}, "2": {"items_per_s": 180}}}}}  # fmt: skip
+    (tmp_path / "orchestration.json").write_text(json.dumps(orch))
+    (tmp_path / "scaling.json").write_text(json.dumps(scal))
+    titles = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: titles.update(
+        sup=fig._suptitle.get_text(), axes=[ax.get_title() for ax in fig.axes if ax.get_title()]))
+    monkeypatch.setattr(sys, "argv", ["plot", "--results", str(tmp_path), "--out", str(tmp_path / "p.png")])
+    plot.main()
+    assert "machine and date per panel" in titles["sup"]
+    assert titles["axes"] == ["Orchestration, zero-cost engine\n(Intel Xeon, 2026-12-02)",
+                              "Solver replica scaling\n(AMD EPYC, 2026-11-25)"]  # fmt: skip
