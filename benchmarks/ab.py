@@ -77,7 +77,7 @@ def run(args) -> dict:
                 pairs.append(pair)
         finally:
             for wt in made:
-                subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=REPO, capture_output=True)
+                subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=REPO, capture_output=True, check=False)
     return {"before_commit": before_rev, "after_commit": after_rev, "items": args.items, "pairs": pairs,
             "summary": summarize(pairs)}  # fmt: skip
 
