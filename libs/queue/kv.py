@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("scalequest.queue")
@@ -80,10 +80,39 @@ async def kv_update_json(
     raise CasConflict(f"kv_update_json({key!r}): gave up after {max_attempts} conflicting attempts")
 
 
-async def kv_keys(kv: KeyValue, prefix: str = "") -> list[str]:
-    """Sorted keys starting with ``prefix`` (a plain string prefix); [] when there are none."""
+# A watch's consumer lives on the server until it has been idle this long; nats-py's default
+# (5 minutes, also what ``KeyValue.keys()`` uses) left one consumer per call behind, so a status
+# poll every 0.2 s reached the stream's consumer limit within minutes of a long run.
+WATCH_IDLE_SECONDS = 5.0
+
+
+async def kv_latest_json(kv: KeyValue, key_filter: str) -> dict[str, Any]:
+    """The JSON value of every live key matching ``key_filter`` (NATS wildcards, e.g.
+    ``run.r1.stage.>``), read by one short-lived watch: one consumer that the server drops
+    within seconds, and no read per key."""
+    watcher = await kv.watch(key_filter, ignore_deletes=True, inactive_threshold=WATCH_IDLE_SECONDS)
+    out: dict[str, Any] = {}
     try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    return sorted(k for k in keys if k.startswith(prefix))
+        async for entry in watcher:
+            if entry is None:  # the marker after the last current value
+                break
+            out[entry.key] = _loads(entry.value)
+    finally:
+        await watcher.stop()
+    return out
+
+
+async def kv_keys(kv: KeyValue, prefix: str = "") -> list[str]:
+    """Sorted keys starting with ``prefix`` (a plain string prefix); [] when there are none.
+    ``KeyValue.keys()`` with a consumer the server drops within seconds (see WATCH_IDLE_SECONDS)."""
+    watcher = await kv.watch(">", ignore_deletes=True, meta_only=True, inactive_threshold=WATCH_IDLE_SECONDS)
+    keys: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the marker after the last current key
+                break
+            if entry.key.startswith(prefix):
+                keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return sorted(keys)

@@ -38,7 +38,7 @@ from libs.aio import gather_eager
 from libs.errors import InvalidArgument, NotFound, TransientError
 from libs.items import DEAD_LETTER_PREFIX, SCHEMA, item_ids, task_seed
 from libs.queue import envelope, ledger, subjects
-from libs.queue.kv import kv_get_json, kv_keys, kv_put_json, kv_update_json
+from libs.queue.kv import kv_get_json, kv_keys, kv_latest_json, kv_put_json, kv_update_json
 from libs.queue.worker import Publish, envelope_bytes
 from libs.runstate import CLOSED_STATES, config_key, state_key
 from libs.storage.objectstore import ObjectStore
@@ -805,9 +805,9 @@ class RunManager:
         cfg = config_to_dict(run.config) if run else (await kv_get_json(self.kv, config_key(run_id)) or {})
         processed: Counter = Counter()
         tokens: Counter = Counter()
-        for key in await kv_keys(self.kv, f"run.{run_id}.stage."):
+        for key, d in (await kv_latest_json(self.kv, f"run.{run_id}.stage.>")).items():
             stage = key.split(".")[3]
-            d = await kv_get_json(self.kv, key) or {}
+            d = d or {}
             processed[stage] += int(d.get("processed", 0))
             tokens[stage] += int(d.get("tokens", 0))
         st = dict(st)

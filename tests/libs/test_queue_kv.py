@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from libs.queue import subjects
-from libs.queue.kv import kv_get_json, kv_keys, kv_put_json, kv_update_json
+from libs.queue.kv import WATCH_IDLE_SECONDS, kv_get_json, kv_keys, kv_latest_json, kv_put_json, kv_update_json
 from libs.queue.topology import connect
 
 
@@ -24,6 +24,24 @@ async def test_put_get_keys(js):
     await kv.delete("run.r2.config")
     assert await kv_get_json(kv, "run.r2.config") is None
     assert await kv_keys(kv, "run.r2.") == []
+
+
+async def test_latest_values_by_filter_and_watch_consumers_are_short_lived(js):
+    kv = await js.key_value(subjects.RUNS_BUCKET)
+    assert await kv_latest_json(kv, "run.r1.stage.>") == {}  # nothing yet: no exception, no wait
+    await kv_put_json(kv, "run.r1.stage.filter.a", {"processed": 1})
+    await kv_put_json(kv, "run.r1.stage.filter.a", {"processed": 2})
+    await kv_put_json(kv, "run.r1.stage.solver.b", {"processed": 5})
+    await kv_put_json(kv, "run.r2.stage.filter.a", {"processed": 9})
+    await kv_put_json(kv, "run.r1.stage.reward.c", {"processed": 7})
+    await kv.delete("run.r1.stage.reward.c")
+    assert await kv_latest_json(kv, "run.r1.stage.>") == {"run.r1.stage.filter.a": {"processed": 2},
+                                                          "run.r1.stage.solver.b": {"processed": 5}}  # fmt: skip
+    for _ in range(5):  # a status poll: each call's consumer goes away seconds after it is done
+        await kv_keys(kv, "run.")
+        await kv_latest_json(kv, "run.r1.stage.>")
+    infos = await js.consumers_info(f"KV_{subjects.RUNS_BUCKET}")
+    assert infos and all(0 < c.config.inactive_threshold <= WATCH_IDLE_SECONDS for c in infos)
 
 
 async def test_update_creates_and_recreates_deleted(js):
