@@ -183,7 +183,9 @@ async def test_streaming_sft_follows_a_pipeline_run(nats_server, tiny_model, tmp
     from tests.services.test_pipeline_fake import OVERRIDES
 
     store_url = str(tmp_path / "store")
-    engine = math_engine(delay=0.3)  # a run of several seconds
+    # A run of ten seconds or more: the trainer's first step (model load, first shard, one
+    # optimizer step) has to come before its end, which a slow machine missed by 0.1 s at 0.3 s.
+    engine = math_engine(delay=0.6)
     await engine.start()
     async with AsyncExitStack() as stack:
         pipe = await start_pipeline(nats_url=nats_server.url, store_url=store_url, overrides=OVERRIDES, stack=stack,
