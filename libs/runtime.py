@@ -8,8 +8,9 @@ Shutdown, on SIGTERM/SIGINT or :meth:`~ServiceRuntime.request_shutdown`, one ste
 time and each step logged (``step=`` field):
 
 1. ``readiness_off``  — health NOT_SERVING, so load balancers and probes stop routing here;
-2. ``stop_workers``   — ``await worker.stop()``: workers stop pulling, finish and ack what
-   they hold;
+2. ``stop_workers``   — ``await worker.stop(timeout)``: workers stop pulling, finish and ack
+   what they hold within ``worker_stop_timeout`` and cancel the rest (not acked, so it is
+   redelivered);
 3. ``stop_grpc``      — ``server.stop(grace)``: new RPCs refused, in-flight ones get
    ``shutdown_grace_seconds``;
 4. ``flush_state``    — registered flushers (stage counters, run state): what must still
@@ -52,9 +53,10 @@ SHUTDOWN_STEPS = ("readiness_off", "stop_workers", "stop_grpc", "flush_state", "
 
 
 class Worker(Protocol):
-    """A queue worker: ``stop()`` stops fetching, finishes and acks in-flight messages."""
+    """A queue worker: ``stop(timeout)`` stops fetching, finishes and acks in-flight messages
+    for up to ``timeout`` seconds, then cancels what is left (those messages are not acked)."""
 
-    async def stop(self) -> None: ...
+    async def stop(self, timeout: float) -> None: ...
 
 
 class Drainable(Protocol):
@@ -81,7 +83,10 @@ class ServiceRuntime:
     gRPC API). Register what needs stopping as it is created — typically from inside a
     start-up hook — then ``await rt.run_until_shutdown()``.
     ``step_timeout`` bounds each worker stop, NATS drain and closer (default: the grace,
-    at least 5 s). ``steps`` records the shutdown steps taken, in order.
+    at least 5 s). Workers get ``worker_stop_timeout`` (default ``step_timeout``) to finish
+    in-flight batches and cancel them themselves; the step's own bound is a little longer, so
+    it only catches a worker that ignores it. ``steps`` records the shutdown steps taken, in
+    order.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class ServiceRuntime:
         self.server = server
         self.grace = float(getattr(settings, "shutdown_grace_seconds", 20.0))
         self.step_timeout = max(self.grace, 5.0) if step_timeout is None else float(step_timeout)
+        self.worker_stop_timeout = self.step_timeout
         self.port: int | None = None
         self.steps: list[str] = []
         self.failures: list[str] = []
@@ -199,8 +205,13 @@ class ServiceRuntime:
                 if self.server is not None and _first(self.server, seen):
                     await self._guard(step, "health", self.server.set_serving(False))
             elif step == "stop_workers":
+                # The worker cancels what it still runs at worker_stop_timeout; the guard's
+                # margin leaves it time to do so (a guard that fired first would abandon the
+                # worker's batches, still running, while NATS is drained under them).
+                bound = self.worker_stop_timeout
+                guard = bound + min(5.0, max(bound, 0.2))
                 await asyncio.gather(
-                    *(self._guard(step, _label(w), w.stop(), self.step_timeout) for w in self._workers if _first(w, seen))
+                    *(self._guard(step, _label(w), w.stop(timeout=bound), guard) for w in self._workers if _first(w, seen))
                 )
             elif step == "stop_grpc":
                 if self.server is not None and _first(self.server, seen):

@@ -82,6 +82,11 @@ def run_config(args, model_name: str) -> pb.RunConfig:
     )
 
 
+#: Seconds the embedded pipeline's workers get, once the run has ended, to finish what they
+#: hold before cancelling it at shutdown.
+RUN_END_GRACE_SECONDS = 2.0
+
+
 async def cmd_run(args) -> int:
     from scalequest_cli.embedded import start_pipeline
     from scalequest_cli.view import ProgressView, samples_table, summary_table
@@ -110,6 +115,9 @@ async def cmd_run(args) -> int:
         wall = time.monotonic() - t_run
         await pipe.flush_counters()
         final = (await stub.GetRun(capi.GetRunRequest(run_id=run_id))).status
+        # A solver call still running for a task the run no longer needs used to hold the
+        # shutdown for the full grace (20 s of a 3-minute CPU run).
+        pipe.end_in_flight_work_after(RUN_END_GRACE_SECONDS)
     store = open_store(args.store)
     rows = []
     for key in list_shards(store, run_id)[:1]:

@@ -36,6 +36,14 @@ class Pipeline:
     def port(self, name: str) -> int:
         return self.services[name].port
 
+    def end_in_flight_work_after(self, seconds: float) -> None:
+        """The run has ended: what the stages still hold can only become over-target outcomes,
+        so at shutdown give it ``seconds`` (not the service grace) before the workers cancel it.
+        Cancelled messages are not acked: on a NATS that outlives this process they are
+        redelivered and accounted as late outcomes; with the embedded NATS they go with it."""
+        for svc in self.services.values():
+            svc.runtime.worker_stop_timeout = min(svc.runtime.worker_stop_timeout, seconds)
+
     async def flush_counters(self) -> None:
         """Write every stage's counters to KV now (they are otherwise flushed once a second)."""
         for svc in self.services.values():

@@ -525,6 +525,37 @@ async def test_stop_when_idle_is_quick_and_timeout_cancels(js):
     assert (await pending_in(js)) == (1, 1)
 
 
+async def test_runtime_shutdown_lets_the_worker_cancel_a_hung_batch(js):
+    # The runtime hands the worker its stop timeout, so the worker cancels the batch itself and
+    # the shutdown is clean; the step's own bound (20 s) used to fire first, log a failure and
+    # leave the batch running while NATS was drained under it.
+    from libs.runtime import ServiceRuntime
+    from libs.settings import CommonSettings
+
+    cancelled = asyncio.Event()
+
+    async def hang(items):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await publish_inputs(js, ["r1"])
+    w = make_worker(js, hang)
+    await w.start()
+    await wait_until(lambda: w.inflight == 1)
+    rt = ServiceRuntime(STAGE, CommonSettings(), None)
+    rt.worker_stop_timeout = 0.3  # what `scalequest run` sets once its run has ended
+    rt.register_worker(w)
+    rt.request_shutdown("test")
+    t0 = time.monotonic()
+    assert await rt.run_until_shutdown() == 0
+    assert time.monotonic() - t0 < 3
+    assert rt.failures == [] and cancelled.is_set()
+    assert w.stats.acked == 0 and (await pending_in(js)) == (1, 1)  # unacked: redelivered later
+
+
 async def test_consumer_missing_is_a_clear_error(nats_conn):
     js = nats_conn.jetstream()  # no ensure_topology
     w = make_worker(js, lambda items: None)

@@ -69,7 +69,7 @@ class Recorder:
     def __init__(self, events: list, name: str, server: GrpcServer | None = None, port: int | None = None):
         self.events, self.name, self.server, self.port = events, name, server, port
 
-    async def stop(self) -> None:  # worker
+    async def stop(self, timeout: float) -> None:  # worker
         # readiness is already off, but the server still answers (in-flight RPCs can finish)
         self.events.append((f"{self.name}.stop", await health(self.port)))
         await asyncio.sleep(0.05)  # "finish and ack in-flight work"
@@ -144,11 +144,11 @@ async def test_failed_step_is_logged_and_the_rest_still_runs(caplog):
     events: list = []
 
     class BadWorker:
-        async def stop(self):
+        async def stop(self, timeout):
             raise RuntimeError("worker exploded")
 
-    class HungWorker:
-        async def stop(self):
+    class HungWorker:  # ignores its timeout: the step's bound catches it
+        async def stop(self, timeout):
             await asyncio.sleep(60)
 
     rt = ServiceRuntime("svc", settings(), None, step_timeout=0.2)
@@ -213,7 +213,7 @@ async def test_group_shuts_down_step_by_step_and_shared_objects_once():
         def __init__(self, name):
             self.name = name
 
-        async def stop(self):
+        async def stop(self, timeout):
             events.append((f"{self.name}.stop", all(not s.serving for s in servers)))
             await asyncio.sleep(0.05)
 
@@ -306,7 +306,7 @@ SERVICE_SCRIPT = textwrap.dedent(
     from libs.settings import CommonSettings, load_settings
 
     class Worker:
-        async def stop(self):
+        async def stop(self, timeout):
             logging.getLogger("tiny.worker").info("worker finished in-flight work")
 
     async def sleep(request, context):
