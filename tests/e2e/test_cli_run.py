@@ -43,7 +43,7 @@ def check_records(rows) -> None:
         assert r["selection_reason"] and 0.0 <= r["difficulty"] <= 1.0
 
 
-def run_local_store(tmp_path, extra: list[str]) -> dict:
+def run_local_store(tmp_path, extra: list[str]) -> None:
     import datasets
 
     store = tmp_path / "store"
@@ -64,7 +64,6 @@ def run_local_store(tmp_path, extra: list[str]) -> dict:
     e = run_cli(["export", run_id, "--store", str(store), "--format", "jsonl", "--out", str(out)])
     assert e.returncode == 0, e.stderr
     assert len(out.read_text().splitlines()) == 8
-    return st
 
 
 def test_run_local_store_scripted_engine(tmp_path):
